@@ -1,0 +1,100 @@
+"""The assembly step: the document template gives Markdown, ``markdown`` gives a standalone HTML page, plus a JSON record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any, Sequence
+
+from markupsafe import Markup
+
+from aigc import __version__
+from aigc.spec import ArticleSpec
+from aigc.templates import PAGE_TEMPLATE, TemplateStore
+
+MARKDOWN_EXTENSIONS = ["toc", "tables", "fenced_code", "sane_lists", "smarty"]
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown to an HTML fragment; raw HTML in the text is shown, never executed."""
+    import markdown
+
+    md = markdown.Markdown(extensions=MARKDOWN_EXTENSIONS, output_format="html")
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    return md.convert(text)
+
+
+def inputs_key(spec: ArticleSpec, template_hashes: dict[str, str], model_id: str) -> str:
+    """What makes two runs the same article: inputs, templates and model."""
+    blob = json.dumps({"spec": spec.key(), "templates": template_hashes, "model": model_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def render_document(spec: ArticleSpec, sections: Sequence[dict], store: TemplateStore, *, model_id: str,
+                    date: str | None = None) -> str:
+    """The article as Markdown, from the style's document template."""
+    date = date or dt.date.today().isoformat()
+    context = spec.template_context(
+        title=spec.topic,
+        date=date,
+        model=model_id,
+        sections=[{"title": s["title"], "body": s["body"]} for s in sections],
+    )
+    text = store.render(store.template_name(spec.style, "document"), context)
+    return "\n".join(line.rstrip() for line in text.strip().split("\n")) + "\n"
+
+
+def render_page(markdown_text: str, title: str, store: TemplateStore, *, lang: str = "en") -> str:
+    """A standalone, readable HTML page around the Markdown."""
+    body = Markup(markdown_to_html(markdown_text))
+    return store.render(PAGE_TEMPLATE, {"title": title, "body": body, "lang": lang, "version": __version__})
+
+
+def build_record(
+    spec: ArticleSpec,
+    *,
+    outline: dict[str, Any],
+    sections: Sequence[dict],
+    backend_info: dict[str, Any],
+    templates: dict[str, dict[str, str]],
+    timings: dict[str, float],
+    key: str,
+    markdown_text: str,
+) -> dict[str, Any]:
+    """The JSON record of how the article was made. Holds no secret: backend_info comes from describe()."""
+    from aigc.cleanup import words
+
+    return {
+        "aigc_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs_key": key,
+        "topic": spec.topic,
+        "title": spec.topic,
+        "style": spec.style,
+        "backend": backend_info,
+        "model": backend_info.get("model"),
+        "generation": {
+            "seed": spec.seed,
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "outline_max_new_tokens": spec.outline_tokens,
+            "section_max_new_tokens": spec.section_tokens,
+        },
+        "requested": {"sections": spec.sections, "words": spec.words, "words_per_section": spec.section_words},
+        "templates": templates,
+        "outline": {
+            "source": outline.get("source", "generated"),
+            "titles": outline["titles"],
+            "attempts": outline.get("attempts", 0),
+        },
+        "sections": [{k: v for k, v in s.items() if k != "body"} for s in sections],
+        "words": words(markdown_text),
+        "body_words": sum(s["words"] for s in sections),
+        "tokens": {
+            "prompt": outline.get("prompt_tokens", 0) + sum(s["prompt_tokens"] for s in sections),
+            "completion": outline.get("completion_tokens", 0) + sum(s["completion_tokens"] for s in sections),
+        },
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }

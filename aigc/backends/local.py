@@ -1,0 +1,359 @@
+"""The local backend: a Hugging Face transformers causal LM on this machine, batched generate() with left padding."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aigc.backends.base import Backend, Completion, GenerationRequest
+from aigc.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
+from aigc.errors import BackendError, ConfigError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+#: Loaded models shared by every LocalBackend of this process: (path, device, dtype) -> (model, tokenizer, lock).
+_MODELS: dict[tuple[str, str, str], tuple[Any, Any, threading.Lock]] = {}
+_MODELS_LOCK = threading.Lock()
+
+_BATCH_CAP = {"cpu": 16, "cuda": 64}
+#: Tokens of KV cache budgeted per sequence when sizing batches from memory.
+_SEQ_BUDGET = 4096
+
+
+class LocalOptions(BaseModel):
+    """Options of the local backend (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("embedded", min_length=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
+    top_k: int = Field(50, ge=0)
+    repetition_penalty: float = Field(1.15, gt=0.0)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+
+
+def _torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:  # pragma: no cover - torch and transformers are core dependencies
+        raise MissingDependencyError(
+            f"the local backend needs torch and transformers ({exc.name} is missing); "
+            "run: pip install torch==2.13.0 'transformers>=5,<6'"
+        ) from exc
+    return torch, transformers
+
+
+def _is_path_like(model: str) -> bool:
+    """A folder rather than a hub id ("org/name" has one slash and no leading dot, slash or tilde)."""
+    return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1
+
+
+def _context_length(config: Any, tokenizer: Any = None) -> int | None:
+    """The model's context window from its config (max_position_embeddings / n_positions)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+
+def _kv_bytes_per_token(config: Any, itemsize: int) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 12)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 12)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 768)
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * itemsize
+
+
+def _available_memory(torch: Any, device: str) -> int:
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+def _trim_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the first stop string; say whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class LocalBackend(Backend):
+    """Generates with a transformers causal LM (the embedded SmolLM2 by default, GPT-2 and any HF model too)."""
+
+    name: ClassVar[str] = "local"
+    supports_chat: ClassVar[bool] = True
+    supports_batching: ClassVar[bool] = True
+    supports_prefill: ClassVar[bool] = True
+    max_concurrent_articles: ClassVar[int] = 1
+
+    def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
+        self.options = options or LocalOptions()
+        if (model is None) != (tokenizer is None):
+            raise ConfigError("LocalBackend: pass both 'model' and 'tokenizer', or neither")
+        self._loaded: tuple[Any, Any, threading.Lock] | None = None
+        self._given = model
+        if model is not None:
+            _prepare_tokenizer(tokenizer)
+            self._loaded = (model.eval(), tokenizer, threading.Lock())
+        self._batch_size: int | None = self.options.max_batch_size
+
+    @classmethod
+    def from_options(cls, **kwargs: Any) -> "LocalBackend":
+        """Build from keyword options, validated by :class:`LocalOptions`."""
+        try:
+            options = LocalOptions(**kwargs)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "options"
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(LocalOptions.model_fields)
+                raise ConfigError(f"local backend: unknown option {field!r}; known options: {known}") from None
+            raise ConfigError(f"local backend: option {field!r}: {err['msg']}") from None
+        return cls(options)
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        model = self.options.model
+        if model == EMBEDDED_NAME:
+            if self._given is not None:  # a model passed in: name it after itself
+                return str(getattr(self._given, "name_or_path", "") or type(self._given).__name__)
+            return EMBEDDED_MODEL_ID
+        folder = Path(model).expanduser()
+        return str(folder.resolve()) if folder.is_dir() else model
+
+    def _device(self) -> str:
+        if self._loaded is not None:
+            return str(self._loaded[0].device)
+        if self.options.device != "auto":
+            return self.options.device
+        torch, _ = _torch()
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _dtype(self) -> str:
+        if self._loaded is not None:
+            return str(self._loaded[0].dtype).removeprefix("torch.")
+        if self.options.dtype != "auto":
+            return self.options.dtype
+        return "bfloat16" if self._device().startswith("cuda") else "float32"
+
+    def describe(self) -> dict:
+        """Backend, model, device, dtype and batch size (``"auto"`` until the model is loaded)."""
+        return {
+            **super().describe(),
+            "device": self._device(),
+            "dtype": self._dtype(),
+            "max_batch_size": self._batch_size or "auto",
+        }
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _model_path(self) -> str:
+        model = self.options.model
+        if model == EMBEDDED_NAME:
+            return str(ensure_converted())
+        folder = Path(model).expanduser()
+        if folder.is_dir():
+            return str(folder.resolve())
+        if _is_path_like(model) or folder.exists():
+            raise BackendError(
+                f"local model folder {model} does not exist or is not a folder; set the local backend's 'model' option to a folder "
+                "with config.json and weights, a Hugging Face model id, or 'embedded'",
+                retryable=False,
+            )
+        return model
+
+    def load(self) -> tuple[Any, Any]:
+        """Load (once per process) and return ``(model, tokenizer)``."""
+        if self._loaded is None:
+            path, device, dtype = self._model_path(), self._device(), self._dtype()
+            key = (path, device, dtype)
+            with _MODELS_LOCK:
+                if key not in _MODELS:
+                    _MODELS[key] = self._load_fresh(path, device, dtype)
+                self._loaded = _MODELS[key]
+        if self._batch_size is None:
+            self._batch_size = self._auto_batch_size()
+        return self._loaded[0], self._loaded[1]
+
+    def _load_fresh(self, path: str, device: str, dtype: str) -> tuple[Any, Any, threading.Lock]:
+        torch, transformers = _torch()
+        if device == "cpu":
+            torch.set_num_threads(self.options.threads or os.cpu_count() or 1)
+        start = time.perf_counter()
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            model.to(device)
+        except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            where = (
+                f"folder {path}" if Path(path).is_dir()
+                else f"{path!r} (not a local folder; with HF_HUB_OFFLINE=1 or no network a hub id must already be "
+                "in the Hugging Face cache)"
+            )
+            raise BackendError(
+                f"could not load local model {where}: {type(exc).__name__}: {first}; "
+                "set the 'model' option to a folder saved with save_pretrained(), a cached hub id, or 'embedded'",
+                retryable=False,
+            ) from exc
+        model.eval()
+        _prepare_tokenizer(tokenizer)
+        log.info("Loaded local model %s on %s (%s) in %.1f s", path, device, dtype, time.perf_counter() - start)
+        return model, tokenizer, threading.Lock()
+
+    def _auto_batch_size(self) -> int:
+        torch, _ = _torch()
+        model = self._loaded[0]
+        device = str(model.device)
+        cap = _BATCH_CAP["cuda" if device.startswith("cuda") else "cpu"]
+        per_seq = _kv_bytes_per_token(model.config, model.dtype.itemsize) * min(
+            _context_length(model.config) or _SEQ_BUDGET, _SEQ_BUDGET
+        )
+        budget = _available_memory(torch, device) // 4
+        return max(1, min(cap, budget // max(per_seq, 1)))
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _prompt_ids(self, tokenizer: Any, request: GenerationRequest) -> list[int]:
+        if request.messages is not None and getattr(tokenizer, "chat_template", None):
+            messages = [m.model_dump() for m in request.messages]
+            if request.prefill:  # continue the start of the reply the template gave
+                text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+            else:
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            ids = list(tokenizer(request.as_plain_prompt())["input_ids"])
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return ids or [start]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """One completion per request, in order; requests with equal settings share batched generate() calls."""
+        if not requests:
+            return []
+        model, tokenizer = self.load()
+        lock = self._loaded[2]
+        ids = [self._prompt_ids(tokenizer, r) for r in requests]
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.stop, r.seed), []).append(i)
+        results: list[Completion | None] = [None] * len(requests)
+        size = self._batch_size or 1
+        with lock:
+            for members in groups.values():
+                members.sort(key=lambda i: len(ids[i]))
+                for start in range(0, len(members), size):
+                    chunk = members[start : start + size]
+                    done = self._run_chunk(model, tokenizer, requests[chunk[0]], [ids[i] for i in chunk])
+                    for i, completion in zip(chunk, done):
+                        results[i] = completion
+        return results  # type: ignore[return-value]
+
+    def _fit_context(self, model: Any, tokenizer: Any, prompts: list[list[int]], max_new: int):
+        """Make every prompt + max_new fit the context: shorten generation to half the window, then cut prompts from the left."""
+        ctx = _context_length(model.config, tokenizer)
+        longest = max(len(p) for p in prompts)
+        if ctx is None or longest + max_new <= ctx:
+            return prompts, max_new
+        new = max(1, min(max_new, max(ctx - longest, ctx // 2)))
+        if new < max_new:
+            log.warning("max_new_tokens %d -> %d to fit the model's %d-token context", max_new, new, ctx)
+        keep = ctx - new
+        if longest > keep:
+            log.warning("prompt of %d tokens cut from the left to %d to fit the model's context", longest, keep)
+            prompts = [p[-keep:] for p in prompts]
+        return prompts, new
+
+    def _run_chunk(self, model: Any, tokenizer: Any, req: GenerationRequest, prompts: list[list[int]]) -> list[Completion]:
+        torch, transformers = _torch()
+        prompts, max_new = self._fit_context(model, tokenizer, prompts, req.max_new_tokens)
+        pad_id = tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        eos = model.generation_config.eos_token_id
+        eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []), tokenizer.eos_token_id}
+        eos_ids.discard(None)
+        settings: dict[str, Any] = dict(
+            max_new_tokens=max_new,
+            do_sample=req.temperature > 0,
+            repetition_penalty=self.options.repetition_penalty,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids),
+        )
+        if req.temperature > 0:
+            settings.update(temperature=req.temperature, top_p=req.top_p, top_k=self.options.top_k)
+        if self.options.no_repeat_ngram_size:
+            settings["no_repeat_ngram_size"] = self.options.no_repeat_ngram_size
+        extra: dict[str, Any] = {}
+        if req.stop:
+            settings["stop_strings"] = list(req.stop)
+            extra["tokenizer"] = tokenizer
+        if req.seed is not None:
+            transformers.set_seed(req.seed)
+            torch.manual_seed(req.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                generation_config=transformers.GenerationConfig(**settings),
+                **extra,
+            )
+        seconds = (time.perf_counter() - start) / len(prompts)
+        ends = eos_ids | {pad_id}
+        completions = []
+        for prompt, row in zip(prompts, out[:, width:].tolist()):
+            n = next((k for k, tok in enumerate(row) if tok in ends), None)
+            new_tokens = row if n is None else row[:n]
+            text, stopped = _trim_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), req.stop)
+            finished = stopped or n is not None
+            completions.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=len(new_tokens),
+                    finish_reason="stop" if finished else "length",
+                    seconds=seconds,
+                )
+            )
+        return completions
+
+
+def _prepare_tokenizer(tokenizer: Any) -> None:
+    """Left padding, and a pad token (EOS) for tokenizers without one (GPT-2)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def loaded_models() -> list[tuple[str, str, str]]:
+    """Keys (path, device, dtype) of the models loaded in this process."""
+    return list(_MODELS)
+
+
+__all__ = ["LocalBackend", "LocalOptions", "loaded_models"]

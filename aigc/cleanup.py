@@ -1,0 +1,111 @@
+"""Make small-model prose usable: drop echoed headings and chat filler, cut runaway repetition, end on a sentence."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+_SENTENCE_END = re.compile(r"""[.!?…][)"'”’\]]*(?=\s|$)""")
+_FILLER = re.compile(
+    r"^\s*(?:sure|certainly|of course|absolutely|okay|ok|here(?:'s| is| are)\b)[^\n]{0,80}?(?::|!|\.)\s*$", re.I
+)
+_OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps)", re.I)
+_HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
+_LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def words(text: str) -> int:
+    """Word count as a reader would count it."""
+    return len(re.findall(r"\b[\w'’-]+\b", text))
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a paragraph (ends kept)."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        out.append(text[start : m.end()].strip())
+        start = m.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return [s for s in out if s]
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cut an unfinished last sentence (text stopped by the token limit)."""
+    text = text.rstrip()
+    matches = list(_SENTENCE_END.finditer(text))
+    if not matches:
+        return text
+    return text[: matches[-1].end()].rstrip()
+
+
+def _is_title_echo(line: str, titles: Sequence[str]) -> bool:
+    n = _norm(re.sub(r"^\s*(?:#+|\*\*|section\s+\w+\s*[:.\-–—]|\d{1,2}[.)])\s*", "", line))
+    return bool(n) and any(n == _norm(t) or (len(n) > 8 and n in _norm(t)) for t in titles)
+
+
+def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), truncated: bool = False) -> str:
+    """Turn one generated section into plain paragraphs of prose.
+
+    - a repeated title or any heading line at the start is removed;
+    - text stops where the model starts writing another section of the outline;
+    - chat filler ("Sure! Here is...", "I hope this helps") is dropped;
+    - repeated sentences and paragraphs are removed (degenerate loops);
+    - text cut off by the token limit ends at its last full sentence.
+    """
+    lines = text.replace("\r", "").split("\n")
+    kept: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if not kept and (not stripped or _FILLER.match(line) or _is_title_echo(line, [title]) or _HEADING.match(line)):
+            continue
+        if kept and (_is_title_echo(line, other_titles) and (_HEADING.match(line) or len(stripped.split()) <= 14)):
+            break  # the model went on to write another section
+        if _OUTRO.match(line):
+            break
+        if _HEADING.match(line):
+            continue
+        kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", "\n".join(kept))]
+    paragraphs = [p for p in paragraphs if p]
+    paragraphs = _dedupe_sentences(paragraphs)
+    body = "\n\n".join(paragraphs)
+    if truncated or (body and not _SENTENCE_END.search(body[-3:] + " ")):
+        body = trim_to_sentence(body)
+    return body.strip()
+
+
+def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
+    """Drop sentences seen before (anywhere in the section) and loops of a repeated phrase."""
+    seen: set[str] = set()
+    out = []
+    for para in paragraphs:
+        sentences = []
+        for s in split_sentences(para):
+            key = _norm(s)
+            if not key or key in seen:
+                continue
+            seen.add(key)
+            sentences.append(_cut_phrase_loop(s))
+        if sentences:
+            out.append(" ".join(sentences))
+    return out
+
+
+def _cut_phrase_loop(sentence: str, n: int = 4, max_repeats: int = 2) -> str:
+    """Cut a sentence where one n-word phrase occurs more than ``max_repeats`` times ("and the and the ...")."""
+    tokens = sentence.split()
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(t.lower().strip(",.;:") for t in tokens[i : i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] > max_repeats:
+            cut = " ".join(tokens[:i]).rstrip(",;: ")
+            return cut + ("." if cut and cut[-1] not in ".!?" else "")
+    return sentence

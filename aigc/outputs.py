@@ -1,0 +1,96 @@
+"""Writing an article's files: safe folder names, atomic writes, and no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from aigc.errors import OutputError
+
+FILES = ("article.md", "article.html", "article.json")
+MAX_SLUG = 60
+
+
+def slugify(text: str, fallback: str = "article") -> str:
+    """A folder name from any text: ASCII letters, digits and hyphens only (``../x`` -> ``x``)."""
+    value = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    value = re.sub(r"[^a-zA-Z0-9]+", "-", value).strip("-").lower()
+    value = value[:MAX_SLUG].rstrip("-")
+    return value or fallback
+
+
+def existing_key(folder: Path) -> str | None:
+    """The inputs key of the article in ``folder``, if it is complete."""
+    if not all((folder / f).is_file() for f in FILES):
+        return None
+    try:
+        return json.loads((folder / "article.json").read_text("utf-8")).get("inputs_key")
+    except (OSError, ValueError):
+        return None
+
+
+def find_existing(root: Path, slug: str, inputs_key: str) -> Path | None:
+    """A folder under ``root`` that already holds this very article (same inputs key)."""
+    if not root.is_dir():
+        return None
+    pattern = re.compile(re.escape(slug) + r"(?:-\d+)?$")
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and pattern.fullmatch(folder.name) and existing_key(folder) == inputs_key:
+            return folder
+    return None
+
+
+def write_article_files(
+    root: Path, slug: str, files: dict[str, str], *, inputs_key: str, overwrite: bool = False
+) -> tuple[Path, str]:
+    """Write ``files`` into ``root/slug`` atomically; returns (folder, status).
+
+    status is ``written``, ``unchanged`` (the same article is already there), ``renamed``
+    (``slug`` holds a different article, so ``slug-2`` etc. was used) or ``replaced``
+    (``overwrite``). Files appear all at once: they are written to a hidden temporary folder
+    that is renamed into place.
+    """
+    root = Path(root)
+    slug = slugify(slug)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the outputs folder {root}: {err.strerror}") from None
+    same = find_existing(root, slug, inputs_key)
+    if same is not None and not overwrite:
+        return same, "unchanged"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slug}-", dir=root))
+    try:
+        for name, text in files.items():
+            with open(tmp / name, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        target = root / slug
+        if overwrite and target.exists():
+            trash = root / f".old-{slug}-{os.getpid()}"
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+            return target, "replaced"
+        for n in range(1, 1000):
+            candidate = root / (slug if n == 1 else f"{slug}-{n}")
+            if candidate.exists():
+                continue
+            try:
+                os.rename(tmp, candidate)
+            except OSError:
+                continue  # created by someone else in the meantime
+            return candidate, "written" if n == 1 else "renamed"
+        raise OutputError(f"no free folder name for {slug!r} under {root}")
+    except OSError as err:
+        raise OutputError(f"cannot write the article under {root}: {err}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

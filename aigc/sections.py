@@ -1,0 +1,86 @@
+"""The sections step: expand every section of an article in one batch, then clean the prose."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
+from aigc.cleanup import clean_section, words
+from aigc.spec import ArticleSpec
+from aigc.templates import TemplateStore
+
+log = logging.getLogger(__name__)
+
+#: A section shorter than this after cleaning is generated again once, with another seed.
+MIN_SECTION_WORDS = 12
+RETRY_SEED_OFFSET = 1000
+
+
+def section_context(spec: ArticleSpec, titles: Sequence[str], index: int) -> dict:
+    """Template variables of section ``index`` (0-based)."""
+    return spec.template_context(
+        outline=list(titles),
+        section_title=titles[index],
+        section_index=index + 1,
+        is_first=index == 0,
+        is_last=index == len(titles) - 1,
+    )
+
+
+def section_requests(
+    spec: ArticleSpec, titles: Sequence[str], store: TemplateStore, *, seed_offset: int = 0
+) -> list[GenerationRequest]:
+    """One request per section; all share the generation settings so a backend can batch them."""
+    name = store.template_name(spec.style, "section")
+    requests = []
+    for i in range(len(titles)):
+        rendered = store.render_messages(name, section_context(spec, titles, i))
+        requests.append(
+            GenerationRequest(
+                messages=rendered.messages,
+                max_new_tokens=spec.section_tokens,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                seed=spec.seed + seed_offset,
+            )
+        )
+    return requests
+
+
+def expand_sections(backend: Backend, spec: ArticleSpec, titles: Sequence[str], store: TemplateStore) -> list[dict]:
+    """Write every section (one batched backend call, plus one for any that came out empty)."""
+    requests = section_requests(spec, titles, store)
+    completions = generate_with_prefill(backend, requests)
+    results = [_result(spec, titles, i, c, attempts=1) for i, c in enumerate(completions)]
+    short = [i for i, r in enumerate(results) if r["words"] < MIN_SECTION_WORDS]
+    if short:
+        log.warning("%d section(s) came out empty or too short; generating them again", len(short))
+        retry = section_requests(spec, titles, store, seed_offset=RETRY_SEED_OFFSET)
+        again = generate_with_prefill(backend, [retry[i] for i in short])
+        for i, c in zip(short, again):
+            second = _result(spec, titles, i, c, attempts=2)
+            second["prompt_tokens"] += results[i]["prompt_tokens"]
+            second["completion_tokens"] += results[i]["completion_tokens"]
+            second["seconds"] += results[i]["seconds"]
+            if second["words"] >= results[i]["words"]:
+                results[i] = second
+    return results
+
+
+def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, attempts: int) -> dict:
+    others = [t for j, t in enumerate(titles) if j != i]
+    body = clean_section(
+        completion.text, title=titles[i], other_titles=others, truncated=completion.finish_reason == "length"
+    )
+    return {
+        "title": titles[i],
+        "body": body,
+        "words": words(body),
+        "target_words": spec.section_words,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+        "seconds": round(completion.seconds, 3),
+        "attempts": attempts,
+    }
