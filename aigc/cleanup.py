@@ -109,3 +109,23 @@ def _cut_phrase_loop(sentence: str, n: int = 4, max_repeats: int = 2) -> str:
             cut = " ".join(tokens[:i]).rstrip(",;: ")
             return cut + ("." if cut and cut[-1] not in ".!?" else "")
     return sentence
+
+
+def fit_length(text: str, target: int, *, slack: float = 0.25) -> str:
+    """Cut a body that runs past ``target`` words by more than ``slack`` at the sentence end nearest the target."""
+    if words(text) <= target * (1 + slack):
+        return text
+    paragraphs = text.split("\n\n")
+    best, best_gap, count, kept = text, None, 0, []
+    for p_index, para in enumerate(paragraphs):
+        sentences = split_sentences(para)
+        for s_index, sentence in enumerate(sentences):
+            count += words(sentence)
+            gap = abs(count - target)
+            if best_gap is None or gap < best_gap:
+                best_gap = gap
+                best = "\n\n".join(kept + [" ".join(sentences[: s_index + 1])])
+            if count > target * (1 + slack):
+                return best
+        kept.append(para)
+    return best

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from aigc import __version__
-from aigc.errors import AigcError
+from aigc.errors import AigcError, InputError
 
 STYLE_HELP = "Style pack: a folder of templates/ (article, report, news, blog, or your own)."
 
@@ -29,12 +29,11 @@ def _read_outline(value: str | None) -> tuple[str, ...] | None:
     else:
         path = Path(value)
         if not path.is_file():
-            raise click.BadParameter(f"{value}: no such file (give a file with one section title per line)",
-                                     param_hint="--outline")
+            raise InputError(f"--outline {value}: no such file (give a file with one section title per line)")
         try:
             text, source = path.read_text("utf-8"), str(path)
         except (OSError, UnicodeDecodeError) as err:
-            raise click.BadParameter(f"{value}: cannot read it as UTF-8 text ({err})", param_hint="--outline")
+            raise InputError(f"--outline {value}: cannot read it as UTF-8 text ({err})") from None
     from aigc.outline import given_outline
 
     return tuple(given_outline(text.splitlines(), source=source))
@@ -86,6 +85,8 @@ def main(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Prefect's temporary server (no PREFECT_API_URL) can take over 20 s to start on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for noisy in ("httpx", "httpcore", "urllib3", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -154,6 +155,21 @@ def write(topic: str, outline_file: str | None, outputs_dir: str | None, templat
         click.echo(f"  {path}")
 
 
+@main.command()
+def prepare() -> None:
+    """Convert the embedded default model to a cached safetensors folder (once; about 20-40 s)."""
+    from aigc.backends.embedded import converted_folder, ensure_converted, is_converted
+
+    try:
+        fresh = not is_converted()
+        if fresh:
+            click.echo(f"Converting the embedded model (SmolLM2-135M-Instruct) to {converted_folder()} ...", err=True)
+        folder = ensure_converted()
+    except AigcError as err:
+        _fail(err)
+    click.echo(f"Embedded model {'ready' if fresh else 'already prepared'}: {folder}")
+
+
 @main.group()
 def templates() -> None:
     """List style packs and render their prompts without a model."""
@@ -215,9 +231,11 @@ def _echo_prompt(label: str, rendered) -> None:
 
 def _add_optional_commands() -> None:
     """Commands whose modules live beside this one."""
+    from aigc.eval_cli import eval_command
     from aigc.finetune_cli import finetune_command
 
     main.add_command(finetune_command)
+    main.add_command(eval_command)
 
 
 _add_optional_commands()

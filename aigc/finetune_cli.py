@@ -37,7 +37,7 @@ def finetune_command(corpus: Path, output: Path, **settings) -> None:
     \b
     Example:
       aigc finetune data/corpus --output models/house --max-steps 60
-      aigc generate --backend local --model models/house ...
+      (then write with the local backend and --model models/house)
     """
     from aigc import finetune as ft
 

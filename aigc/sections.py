@@ -6,7 +6,7 @@ import logging
 from typing import Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
-from aigc.cleanup import clean_section, words
+from aigc.cleanup import clean_section, fit_length, words
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 
@@ -73,6 +73,7 @@ def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, att
     body = clean_section(
         completion.text, title=titles[i], other_titles=others, truncated=completion.finish_reason == "length"
     )
+    body = fit_length(body, spec.section_words)
     return {
         "title": titles[i],
         "body": body,

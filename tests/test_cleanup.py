@@ -1,0 +1,48 @@
+"""Cleaning small-model prose: echoed headings, other sections, filler, repetition, cut-off sentences."""
+
+from aigc.cleanup import clean_section, trim_to_sentence, words
+
+
+def test_repeated_title_and_heading_are_removed():
+    text = "## Causes of heat\n\nCauses of heat\n\nCities store heat in concrete. Trees cool streets."
+    assert clean_section(text, title="Causes of heat") == "Cities store heat in concrete. Trees cool streets."
+
+
+def test_stops_where_the_model_writes_another_section():
+    text = "Concrete holds heat. Asphalt too.\n\n## Remedies\n\nPlant trees."
+    assert clean_section(text, title="Causes", other_titles=["Remedies"]) == "Concrete holds heat. Asphalt too."
+
+
+def test_chat_filler_and_outro_are_dropped():
+    text = "Sure! Here is the section:\n\nParks cool cities. Water helps.\n\nI hope this helps!"
+    assert clean_section(text, title="Parks") == "Parks cool cities. Water helps."
+
+
+def test_repeated_sentences_and_phrase_loops_are_cut():
+    text = ("Heat rises in cities. Heat rises in cities. Shade matters.\n\nHeat rises in cities. "
+            "We need more trees and more trees and more trees and more trees and more trees now.")
+    body = clean_section(text, title="x")
+    assert body.count("Heat rises in cities.") == 1
+    assert "Shade matters." in body
+    assert body.count("more trees") <= 3
+
+
+def test_text_cut_by_the_token_limit_ends_on_a_sentence():
+    assert clean_section("One full sentence. Another one that was cut", title="t", truncated=True) == "One full sentence."
+    assert trim_to_sentence('He said "yes." Then') == 'He said "yes."'
+
+
+def test_word_count():
+    assert words("Urban heat-islands aren't new.") == 4
+
+
+def test_fit_length_cuts_at_the_sentence_end_nearest_the_target():
+    from aigc.cleanup import fit_length
+
+    text = "One two three four five. Six seven eight nine ten.\n\nEleven twelve thirteen fourteen fifteen. Sixteen."
+    assert fit_length(text, 10) == "One two three four five. Six seven eight nine ten."
+    assert fit_length(text, 14) == text  # 16 words is within 25% of 14
+    assert fit_length(text, 12) == "One two three four five. Six seven eight nine ten."  # 10 is nearer 12 than 15
+    assert fit_length("Short text here.", 10) == "Short text here."
+    long_one = "Word " * 40 + "end."
+    assert fit_length(long_one, 10) == long_one  # no sentence end to cut at: left whole

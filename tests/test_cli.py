@@ -1,0 +1,80 @@
+"""CLI errors are one clear line and a non-zero exit, found before any model or Prefect start-up."""
+
+import pytest
+from click.testing import CliRunner
+
+from aigc.cli import main
+
+
+def invoke(*args, **kw):
+    return CliRunner().invoke(main, list(args), **kw)
+
+
+def error_line(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_empty_topic():
+    assert "topic: the topic is empty" in error_line(invoke("write", "   "))
+
+
+def test_unknown_style():
+    line = error_line(invoke("write", "Tides", "--style", "poem"))
+    assert "unknown style 'poem'; choose one of: article, blog, news, report" in line
+
+
+def test_template_syntax_error_names_file_and_line(templates_copy):
+    (templates_copy / "news" / "outline.j2").write_text('{% extends "base/outline.j2" %}\n{% block kind %}{{ a story{% endblock %}\n')
+    line = error_line(invoke("write", "Tides", "--style", "news"))
+    assert f"{templates_copy / 'news' / 'outline.j2'}:2:" in line
+
+
+def test_template_with_undefined_variable(templates_copy):
+    (templates_copy / "blog" / "section.j2").write_text(
+        '{% extends "base/section.j2" %}\n{% block voice %}Write for {{ readers }}.{% endblock %}\n'
+    )
+    line = error_line(invoke("write", "Tides", "--style", "blog"))
+    assert "'readers' is undefined" in line and f"{templates_copy / 'blog' / 'section.j2'}:2:" in line
+
+
+def test_topic_with_template_syntax_stays_literal():
+    result = invoke("templates", "render", "article", "--topic", "Heat {{ 7*7 }}", "-n", "2")
+    assert result.exit_code == 0, result.output
+    assert 'about "Heat {{ 7*7 }}"' in result.output and "49" not in result.output
+
+
+def test_openai_without_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    line = error_line(invoke("write", "Tides", "--backend", "openai", "--model", "gpt-4o-mini"))
+    assert "OPENAI_API_KEY" in line
+
+
+def test_unknown_backend():
+    assert "unknown backend 'gpt5'" in error_line(invoke("write", "Tides", "--backend", "gpt5"))
+
+
+def test_bad_outline_file(tmp_path):
+    assert "no such file" in error_line(invoke("write", "Tides", "--outline", str(tmp_path / "nope.txt")))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert f"{empty}: the outline is empty" in error_line(invoke("write", "Tides", "--outline", str(empty)))
+
+
+def test_bad_local_option_names_it():
+    line = error_line(invoke("write", "Tides", "--base-url", "http://127.0.0.1:9/v1"))
+    assert "base_url" in line
+
+
+def test_templates_list_and_render():
+    listing = invoke("templates", "list")
+    assert listing.exit_code == 0
+    for style in ("article", "blog", "news", "report"):
+        assert f"  {style}" in listing.output
+    rendered = invoke("templates", "render", "report", "--topic", "Urban heat islands", "-n", "3")
+    assert rendered.exit_code == 0
+    assert rendered.output.count("=== section") == 3
+    assert "Begin with a summary and end with recommendations." in rendered.output

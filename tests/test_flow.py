@@ -1,0 +1,81 @@
+"""The Prefect article flow with a fake backend: stages as tasks, caching across runs keyed on templates."""
+
+import json
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.slow  # starts Prefect's temporary API server once per session (15-25 s)
+
+
+@pytest.fixture
+def topic():
+    return f"Flow test {uuid.uuid4().hex[:8]}"  # fresh inputs: nothing cached from other tests
+
+
+def run(topic, tmp_path, **kw):
+    from flows.article import article_flow
+
+    return article_flow(topic=topic, sections=3, words=120, backend="fake", outputs_dir=str(tmp_path / "out"), **kw)
+
+
+def test_second_run_is_cached_and_makes_no_model_call(fake_backend, topic, tmp_path):
+    first = run(topic, tmp_path)
+    assert first["status"] == "written"
+    assert first["steps"] == {"outline": "Completed", "sections": "Completed"}
+    calls = len(fake_backend.calls)
+    assert calls == 2  # one outline call, one batch of sections
+
+    second = run(topic, tmp_path)
+    assert second["steps"] == {"outline": "Cached", "sections": "Cached"}
+    assert len(fake_backend.calls) == calls  # no model call at all
+    assert second["status"] == "unchanged" and second["folder"] == first["folder"]
+
+
+def test_editing_the_section_template_regenerates_sections_only(fake_backend, topic, tmp_path, templates_copy):
+    run(topic, tmp_path, templates_dir=str(templates_copy))
+    section = templates_copy / "article" / "section.j2"
+    section.write_text(section.read_text() + "{% block voice %}You write very short sentences.{% endblock %}\n")
+    again = run(topic, tmp_path, templates_dir=str(templates_copy))
+    assert again["steps"] == {"outline": "Cached", "sections": "Completed"}
+    assert "You write very short sentences." in fake_backend.calls[-1][0].messages[0].content
+    # a different article (its section template changed): a new folder, the first one kept
+    assert again["status"] == "renamed"
+    record = json.loads((tmp_path / "out" / again["folder"].rsplit("/", 1)[1] / "article.json").read_text())
+    assert record["templates"]["section"]["file"] == "article/section.j2"
+
+
+def test_retryable_backend_errors_are_retried_and_others_are_not(fake_backend, topic, tmp_path):
+    from aigc.errors import BackendError
+
+    fake_backend.fail = BackendError("401 Unauthorized", retryable=False)
+    with pytest.raises(BackendError, match="401"):
+        run(topic, tmp_path)
+    assert len(fake_backend.calls) == 1  # not retried
+
+    calls = []
+
+    def flaky(requests, _orig=fake_backend.generate):
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise BackendError("503 Service Unavailable", retryable=True)
+        fake_backend.fail = None
+        return _orig(requests)
+
+    fake_backend.generate = flaky
+    result = run(topic + " again", tmp_path)
+    assert result["status"] == "written" and calls[:2] == [1, 1]  # the outline task ran twice
+
+
+def test_cli_write_runs_the_flow_and_prints_the_files(fake_backend, topic, tmp_path):
+    from click.testing import CliRunner
+
+    from aigc.cli import main
+
+    result = CliRunner().invoke(main, ["write", topic, "--backend", "fake", "--sections", "2", "--words", "80",
+                                       "--outputs", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "Written:" in result.output
+    folder = tmp_path / "cli" / topic.lower().replace(" ", "-")
+    for name in ("article.md", "article.html", "article.json"):
+        assert str(folder / name) in result.output and (folder / name).is_file()
