@@ -299,7 +299,7 @@ class BatchLock:
             return True
         except PermissionError:
             return False
-        return int(pid) == os.getpid()
+        return False
 
     def __exit__(self, *exc: Any) -> None:
         try:

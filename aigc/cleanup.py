@@ -9,6 +9,12 @@ _SENTENCE_END = re.compile(r"""[.!?…][)"'”’\]]*(?=\s|$)""")
 _FILLER = re.compile(
     r"^\s*(?:sure|certainly|of course|absolutely|okay|ok|here(?:'s| is| are)\b)[^\n]{0,80}?(?::|!|\.)\s*$", re.I
 )
+#: Sentences about the writing rather than the subject ("Here is your paragraph...").
+_META_SENTENCE = re.compile(
+    r"^\s*[\"“]?(?:(?:sure|certainly|of course|absolutely)\b|here(?:'s| is| are)\s+(?:a|an|the|your|my)\s+"
+    r"(?:\w+\s+){0,3}(?:paragraph|section|text|essay|article|version|draft|response|answer|outline|post|report)s?\b)",
+    re.I,
+)
 _OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps)", re.I)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
@@ -74,11 +80,33 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", "\n".join(kept))]
     paragraphs = [p for p in paragraphs if p]
-    paragraphs = _dedupe_sentences(paragraphs)
-    body = "\n\n".join(paragraphs)
+    paragraphs = [_balance_quotes(p) for p in _dedupe_sentences(paragraphs)]
+    body = "\n\n".join(p for p in paragraphs if p)
     if truncated or (body and not _SENTENCE_END.search(body[-3:] + " ")):
         body = trim_to_sentence(body)
-    return body.strip()
+    return _capitalize(body.strip())
+
+
+def _capitalize(text: str) -> str:
+    """Upper-case the first letter, after any opening quote or bracket."""
+    m = re.match(r"""^([\"'“‘(\[]*)([a-z])""", text)
+    return text if not m else m.group(1) + m.group(2).upper() + text[m.end():]
+
+
+def _balance_quotes(paragraph: str) -> str:
+    """Drop a stray opening or closing double quote (models often quote a whole paragraph, or half of one)."""
+    p = paragraph.strip()
+    if p.count('"') % 2 == 1:
+        if p.startswith('"'):
+            p = p[1:].lstrip()
+        elif p.endswith('"'):
+            p = p[:-1].rstrip()
+    if p.startswith('"') and p.endswith('"') and p.count('"') == 2:
+        p = p[1:-1].strip()
+    for left, right in (("“", "”"),):
+        if p.startswith(left) and p.count(left) == 1 and p.count(right) in (0, 1) and (p.endswith(right) or p.count(right) == 0):
+            p = p[1:].rstrip(right).strip()
+    return _capitalize(p)
 
 
 def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
@@ -89,7 +117,7 @@ def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
         sentences = []
         for s in split_sentences(para):
             key = _norm(s)
-            if not key or key in seen:
+            if not key or key in seen or _META_SENTENCE.match(s):
                 continue
             seen.add(key)
             sentences.append(_cut_phrase_loop(s))

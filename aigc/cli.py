@@ -235,6 +235,10 @@ def _add_optional_commands() -> None:
     from aigc.finetune_cli import finetune_command
 
     main.add_command(finetune_command)
+    from aigc.batch_cli import batch_command, serve_command
+
+    main.add_command(batch_command)
+    main.add_command(serve_command)
     main.add_command(eval_command)
 
 

@@ -326,19 +326,41 @@ def _from_json(reply: str) -> dict | None:
     return out or None
 
 
+def _rating_pattern(aliases: Sequence[str]) -> re.Pattern:
+    """A criterion's name, optional "(1-5)" and "score", the rating, an optional "/5" or "out of 5"."""
+    alias = "|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True))
+    return re.compile(
+        rf"\b(?:{alias})\b[^\w\n]{{0,6}}(?:\(?\s*1\s*(?:-|–|to)\s*5\s*\)?[^\w\n]{{0,4}})?"
+        rf"(?:(?:score|rating|is|of|gets)\b[^\w\n]{{0,4}})?(\d+(?:\.\d+)?)[ \t]*(?:(?:/|out of)[ \t]*(\d+))?",
+        re.I,
+    )
+
+
+_PATTERNS = {name: _rating_pattern(aliases) for name, aliases in CRITERIA.items()}
+
+
 def _from_text(reply: str) -> dict:
+    """Ratings from free text, preferring those that open a line; a reason runs to the line's end or the next rating."""
+    def line_start_first(m: re.Match) -> tuple[bool, int]:
+        before = reply[reply.rfind("\n", 0, m.start()) + 1 : m.start()]
+        return not re.fullmatch(r"[\s>*_#\-•\d.)]*", before), m.start()
+
+    matches = {name: sorted(p.finditer(reply), key=line_start_first) for name, p in _PATTERNS.items()}
+    # a reason stops at the next rating that opens a line or follows ",", ";" or "and"
+    starts = sorted(m.start() for ms in matches.values() for m in ms
+                    if not line_start_first(m)[0] or re.search(r"(?:[,;]|\band)\s*$", reply[: m.start()]))
     out = {}
-    for name, aliases in CRITERIA.items():
-        alias = "|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True))
-        pattern = (
-            rf"\b(?:{alias})\b[^\w\n]{{0,6}}(?:\(?\s*1\s*(?:-|–|to)\s*5\s*\)?[^\w\n]{{0,4}})?"
-            rf"(?:(?:score|rating|is|of|gets)\b[^\w\n]{{0,4}})?(\d+(?:\.\d+)?)\s*(?:(?:/|out of)\s*(\d+))?"
-            rf"(?:\s*(?:\*\*|__))?\s*[-–—:.,;)]*\s*(.*)"
-        )
-        m = re.search(pattern, reply, re.I)
-        if m:
-            reason = re.sub(r"^(?:because|since)\s+", "", m.group(3).strip(" *_"), flags=re.I)
-            out[name] = (*_check(float(m.group(1)), m.group(2)), reason)
+    for name, found in matches.items():
+        for m in found:  # the first valid rating (those opening a line first), else the first one's problem
+            line_end = reply.find("\n", m.end())
+            stop = min([line_end if line_end >= 0 else len(reply)] + [s for s in starts if s >= m.end()])
+            reason = reply[m.end() : stop].lstrip(" \t*_-–—:.,;)").rstrip(" \t*_,;")
+            reason = re.sub(r"^(?:because|since)\s+|\s*\band$", "", reason, flags=re.I)
+            item = (*_check(float(m.group(1)), m.group(2)), reason)
+            if name not in out or out[name][0] is None:
+                out[name] = item
+            if item[0] is not None:
+                break
     return out
 
 
@@ -481,8 +503,11 @@ def summarize(results: Sequence[dict]) -> dict:
 
 
 def format_table(results: Sequence[dict], summary: dict | None = None) -> str:
-    """A Markdown table: one row per article (``name`` or ``title``), then a row of means."""
-    cols = [k for k in COLUMNS if k not in _OPTIONAL or any(r.get(k) is not None for r in results)]
+    """A Markdown table: one row per article (``name`` or ``title``), then a row of means.
+
+    Perplexity and judge columns appear when some result was scored for them; "–" marks no value.
+    """
+    cols = [k for k in COLUMNS if k not in _OPTIONAL or any(k in r for r in results)]
     summary = summarize(results) if summary is None else summary
 
     def cell(key: str, value: Any) -> str:

@@ -46,3 +46,14 @@ def test_fit_length_cuts_at_the_sentence_end_nearest_the_target():
     assert fit_length("Short text here.", 10) == "Short text here."
     long_one = "Word " * 40 + "end."
     assert fit_length(long_one, 10) == long_one  # no sentence end to cut at: left whole
+
+
+def test_meta_sentences_and_stray_quotes_from_the_real_model():
+    text = ('Here is your paragraph written with no formatting (bold text) that describes what you can edit. '
+            '"This essay explores how rising sea levels pose threats to settlements. Coastal erosion matters."')
+    assert clean_section(text, title="Impact") == (
+        "This essay explores how rising sea levels pose threats to settlements. Coastal erosion matters."
+    )
+    quoted = '"coastal erosion is one of nature\'s many challenges." As we explore this balance, it shows.'
+    assert clean_section(quoted, title="Overview") == quoted.replace('"coastal', '"Coastal')
+    assert clean_section('Sure! Waves move sand along the shore. "Tides too."', title="x") == 'Waves move sand along the shore. "Tides too."'

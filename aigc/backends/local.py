@@ -317,6 +317,7 @@ class LocalBackend(Backend):
             transformers.set_seed(req.seed)
             torch.manual_seed(req.seed)
         start = time.perf_counter()
+        extra["stopping_criteria"] = transformers.StoppingCriteriaList([_progress_criterion(len(prompts), max_new)])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -342,6 +343,27 @@ class LocalBackend(Backend):
                 )
             )
         return completions
+
+
+def _progress_criterion(batch: int, max_new: int):
+    """A stopping criterion that never stops: it logs generation progress every ~20% (long CPU runs)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Progress(StoppingCriteria):
+        def __init__(self):
+            self.step, self.start, self.next_mark = 0, time.perf_counter(), 0.2
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.step += 1
+            if max_new >= 32 and self.step / max_new >= self.next_mark:
+                elapsed = time.perf_counter() - self.start
+                log.info("generating %d sequence(s): %d/%d tokens (%.0f%%), %.1f tokens/s", batch, self.step,
+                         max_new, 100 * self.step / max_new, batch * self.step / max(elapsed, 1e-9))
+                self.next_mark += 0.2
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return Progress()
 
 
 def _prepare_tokenizer(tokenizer: Any) -> None:

@@ -1,0 +1,92 @@
+"""``aigc batch FILE`` (run a batch of articles now) and ``aigc serve`` (serve the Prefect deployments)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from aigc.errors import AigcError
+
+
+@click.command("batch")
+@click.argument("batch_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--outputs", "outputs_dir", envvar="AIGC_OUTPUTS_DIR", type=click.Path(file_okay=False),
+              help="Root of the outputs; the batch goes to <outputs>/<batch-name>/ [./outputs].")
+@click.option("--concurrency", type=click.IntRange(1, 64),
+              help="Articles at once per API backend [the backend's own bound, e.g. 4]; a local model runs one.")
+@click.option("--max-items", type=click.IntRange(1), help="Only the first N items of the file.")
+@click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
+              help="Folder of style packs [./templates].")
+def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | None, max_items: int | None,
+                  templates_dir: str | None) -> None:
+    """Write every article of a batch FILE (.yaml, .csv or .jsonl) now, through the Prefect batch flow.
+
+    \b
+    Articles already written with the same inputs are skipped, so running the
+    same batch again (after a failure or a kill) writes only what is missing.
+    Example:
+      aigc batch data/batches/nightly.yaml --max-items 2
+    """
+    from aigc.batch import load_batch
+    from aigc.paths import outputs_dir as default_outputs
+
+    try:
+        batch = load_batch(batch_file, max_items=max_items)
+    except AigcError as err:
+        raise click.ClickException(str(err)) from None
+    folder = (os.path.join(outputs_dir, batch.slug) if outputs_dir else str(default_outputs() / batch.slug))
+    click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/", err=True)
+    from flows.batch import batch_flow
+
+    state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
+                       max_items=max_items, templates_dir=templates_dir, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, BaseException) or not isinstance(summary, dict):
+        if isinstance(summary, AigcError):
+            raise click.ClickException(str(summary)) from None
+        raise click.ClickException(f"the batch flow failed: {state.message or summary}")
+    for row in summary["items"]:
+        where = row["folder"] + "/" if row.get("folder") else row.get("error") or ""
+        click.echo(f"  {row['index']:>3} {row['status']:<9} {row['topic'][:50]:<50} {where}")
+    counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
+    click.echo(f"Done in {summary['seconds']} s ({counts}). Index: {summary['index_md']}  {summary['index_html']}")
+    if summary["counts"].get("failed"):
+        raise click.ClickException(f"{summary['counts']['failed']} item(s) failed; run the same command again "
+                                   "to retry only those")
+
+
+@click.command("serve")
+@click.option("--timezone", envvar="AIGC_TIMEZONE", default="UTC", show_default=True,
+              help="Time zone of the nightly schedule (IANA name, e.g. Europe/Berlin).")
+@click.option("--cron", envvar="AIGC_NIGHTLY_CRON", default="0 2 * * *", show_default=True,
+              help="When the nightly batch runs.")
+@click.option("--batch-file", envvar="AIGC_NIGHTLY_BATCH", default="data/batches/nightly.yaml", show_default=True,
+              help="The batch file the nightly deployment runs.")
+@click.option("--limit", type=click.IntRange(1), help="Most flow runs at once in this process [no limit].")
+def serve_command(timezone: str, cron: str, batch_file: str, limit: int | None) -> None:
+    """Serve the `nightly` and `single-report` deployments until Ctrl-C.
+
+    \b
+    Needs a Prefect server (prefect server start; export PREFECT_API_URL=...).
+    Stopping this command pauses the nightly schedule; serving again resumes it.
+    Trigger a report:
+      prefect deployment run 'aigc-article/single-report' -p topic="Urban heat islands" -p style=report
+    """
+    from flows.deploy import NIGHTLY, SINGLE_REPORT, deployments
+    from aigc.paths import outputs_dir
+
+    try:
+        served = deployments(cron=cron, timezone=timezone, batch_file=batch_file)
+    except AigcError as err:
+        raise click.ClickException(str(err)) from None
+    api = os.environ.get("PREFECT_API_URL") or "(none set: a temporary server that stops with this command)"
+    click.echo(f"Serving against {api}:")
+    click.echo(f"  aigc-batch/{NIGHTLY}          {batch_file} at '{cron}' ({timezone})")
+    click.echo(f"  aigc-article/{SINGLE_REPORT}  on demand")
+    click.echo(f"Outputs go to {outputs_dir().resolve()}/ (nightly: <outputs>/<batch-name>/index.html)")
+    click.echo("Trigger:\n  prefect deployment run 'aigc-article/single-report' -p topic=\"...\" -p style=report\n"
+               f"  prefect deployment run 'aigc-batch/{NIGHTLY}'\nStop with Ctrl-C (pauses the nightly schedule).")
+    from prefect import serve
+
+    serve(*served, limit=limit, print_starting_message=False)

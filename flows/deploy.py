@@ -1,0 +1,77 @@
+"""Deployments: ``nightly`` (the batch flow on a cron schedule) and ``single-report`` (one report on demand), served by ``serve()``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aigc.errors import ConfigError
+
+NIGHTLY = "nightly"
+SINGLE_REPORT = "single-report"
+DEFAULT_CRON = "0 2 * * *"
+DEFAULT_BATCH = "data/batches/nightly.yaml"
+
+
+def schedule_settings(cron: str | None = None, timezone: str | None = None,
+                      batch_file: str | None = None) -> dict[str, str]:
+    """The nightly schedule: arguments, else AIGC_NIGHTLY_CRON / AIGC_TIMEZONE / AIGC_NIGHTLY_BATCH, else 02:00 UTC."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from prefect.schedules import validate_cron_string
+
+    cron = cron or os.environ.get("AIGC_NIGHTLY_CRON") or DEFAULT_CRON
+    timezone = timezone or os.environ.get("AIGC_TIMEZONE") or "UTC"
+    batch_file = batch_file or os.environ.get("AIGC_NIGHTLY_BATCH") or DEFAULT_BATCH
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"AIGC_TIMEZONE: unknown time zone {timezone!r}; use an IANA name such as "
+                          "UTC or Europe/Berlin") from None
+    try:
+        validate_cron_string(cron)
+    except ValueError:
+        raise ConfigError(f"AIGC_NIGHTLY_CRON: {cron!r} is not a cron expression; e.g. '0 2 * * *' "
+                          "(minute hour day month weekday)") from None
+    return {"cron": cron, "timezone": timezone, "batch_file": batch_file}
+
+
+def deployments(cron: str | None = None, timezone: str | None = None, batch_file: str | None = None) -> list[Any]:
+    """The two runner deployments, loaded by module path so they run from any working directory."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    from aigc.batch import load_batch
+    from flows.article import article_flow
+    from flows.batch import batch_flow
+
+    settings = schedule_settings(cron, timezone, batch_file)
+    load_batch(settings["batch_file"])  # a broken batch file is an error now, not at 02:00
+    nightly = batch_flow.to_deployment(
+        name=NIGHTLY,
+        schedule=Cron(settings["cron"], timezone=settings["timezone"]),
+        parameters={"batch_file": settings["batch_file"]},
+        description=f"aigc batch {settings['batch_file']} at '{settings['cron']}' ({settings['timezone']})",
+        tags=["aigc"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    single = article_flow.to_deployment(
+        name=SINGLE_REPORT,
+        parameters={"style": "report"},
+        description="One report on demand: prefect deployment run 'aigc-article/single-report' -p topic=...",
+        tags=["aigc"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [nightly, single]
+
+
+def serve(cron: str | None = None, timezone: str | None = None, batch_file: str | None = None,
+          limit: int | None = None) -> None:
+    """Serve both deployments until interrupted; stopping pauses the nightly schedule, serving again resumes it."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments(cron, timezone, batch_file), limit=limit, print_starting_message=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    serve()
