@@ -87,6 +87,8 @@ def main(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # Prefect's temporary server (no PREFECT_API_URL) can take over 20 s to start on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # aigc runs offline: no anonymous usage report from the temporary server (it also raced its SQLite writes).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     for noisy in ("httpx", "httpcore", "urllib3", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -95,6 +95,18 @@ def assemble_article(
     }
 
 
+def evaluate_article_files(article: dict[str, Any]) -> dict[str, Any]:
+    """Add the cheap metrics (length score, outline coverage, repetition) to the record and its JSON file."""
+    import json
+
+    from aigc.evaluate import evaluate_article
+
+    record = dict(article["record"])
+    record["evaluation"] = evaluate_article(article["files"]["article.md"], record, cheap=True)
+    files = {**article["files"], "article.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
+    return {**article, "record": record, "files": files}
+
+
 def save_article(article: dict[str, Any], root: Path | None = None, *, overwrite: bool = False) -> ArticleResult:
     """Write the article's files under ``root`` (``outputs/`` by default)."""
     root = Path(root) if root is not None else outputs_dir()
@@ -113,6 +125,7 @@ def write_article(
     backend: Backend | None = None,
     root: Path | None = None,
     overwrite: bool = False,
+    evaluate: bool = True,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> ArticleResult:
     """The whole pipeline without Prefect: for notebooks, tests and the benchmark."""
@@ -131,4 +144,6 @@ def write_article(
         spec, outline, sections, store, backend_info=backend.describe(),
         timings={"outline": t1 - t0, "sections": t2 - t1},
     )
+    if evaluate:
+        article = evaluate_article_files(article)
     return save_article(article, root, overwrite=overwrite)

@@ -50,6 +50,12 @@ def assemble_task(spec: dict, outline: dict, sections: list[dict], templates_dir
     )
 
 
+@task(name="evaluate")
+def evaluate_task(article: dict) -> dict:
+    """Cheap metrics of the finished text (length score, outline coverage, repetition) into its record."""
+    return pipeline.evaluate_article_files(article)
+
+
 @task(name="write-files")
 def write_task(article: dict, outputs_dir: str | None, overwrite: bool) -> dict:
     """Write the three files atomically; never silently overwrite another article."""
@@ -86,6 +92,7 @@ def article_flow(
     templates_dir: str | None = None,
     overwrite: bool = False,
     backend_options: dict[str, Any] | None = None,
+    evaluate: bool = True,
 ) -> dict:
     """Write one article or report: outline -> sections -> assembly -> outputs/<slug>/article.{md,html,json}."""
     logger = get_run_logger()
@@ -108,11 +115,18 @@ def article_flow(
     section_results, steps["sections"] = state.result(), state.name
     logger.info("Assembly: %d words", sum(s["words"] for s in section_results))
     article = assemble_task(data, outline_result, section_results, templates_dir)
+    if evaluate:
+        article = evaluate_task(article)
+        ev = article["record"]["evaluation"]
+        logger.info("Evaluation: %s", ", ".join(
+            f"{k} {v:.3g}" for k, v in ev.items()
+            if k in ("length_score", "coverage", "distinct_2", "repeated_4gram_within") and v is not None))
     written = write_task(article, outputs_dir, overwrite)
     logger.info("Outputs: %s (%s) in %.1f s; steps: %s", written["folder"], written["status"],
                 time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in steps.items()))
     _artifact(spec, written, article["record"])
-    return {**written, "topic": spec.topic, "words": article["record"]["body_words"], "steps": steps}
+    return {**written, "topic": spec.topic, "words": article["record"]["body_words"], "steps": steps,
+            "evaluation": article["record"].get("evaluation")}
 
 
 def _artifact(spec: ArticleSpec, written: dict, record: dict) -> None:

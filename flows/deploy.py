@@ -26,12 +26,12 @@ def schedule_settings(cron: str | None = None, timezone: str | None = None,
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"AIGC_TIMEZONE: unknown time zone {timezone!r}; use an IANA name such as "
+        raise ConfigError(f"--timezone / AIGC_TIMEZONE: unknown time zone {timezone!r}; use an IANA name such as "
                           "UTC or Europe/Berlin") from None
     try:
         validate_cron_string(cron)
     except ValueError:
-        raise ConfigError(f"AIGC_NIGHTLY_CRON: {cron!r} is not a cron expression; e.g. '0 2 * * *' "
+        raise ConfigError(f"--cron / AIGC_NIGHTLY_CRON: {cron!r} is not a cron expression; e.g. '0 2 * * *' "
                           "(minute hour day month weekday)") from None
     return {"cron": cron, "timezone": timezone, "batch_file": batch_file}
 

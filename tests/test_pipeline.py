@@ -86,3 +86,12 @@ def test_same_spec_twice_is_recognised(fake_backend, spec, tmp_path):
     first = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     second = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     assert second.status == "unchanged" and second.folder == first.folder
+
+
+def test_cheap_evaluation_is_in_the_record(fake_backend, spec, tmp_path):
+    result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
+    ev = json.loads((result.folder / "article.json").read_text())["evaluation"]
+    assert ev["coverage"] == 1.0 and ev["sections_missing"] == []
+    assert 0 < ev["length_score"] <= 100
+    assert 0 < ev["distinct_2"] <= 1
+    assert "perplexity" not in ev  # cheap metrics only by default

@@ -1,0 +1,550 @@
+"""One command that measures where aigc spends its time (issue 5) and writes results.md and results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECTIONS = ["local", "sweep", "start", "flow", "api"]
+OPTIONAL = ["serve", "llamacpp"]
+TITLES = [
+    "What an urban heat island is", "How cities trap heat", "Measuring the effect", "Health risks",
+    "Energy and water costs", "Trees and green roofs", "Cool pavements and roofs", "What residents can do",
+]
+TOPICS = ["Urban heat islands", "Community solar gardens", "Rainwater harvesting at home",
+          "Night trains in Europe", "Repair cafes", "Soil health for gardeners", "Bike lanes and safety"]
+ISSUE_LLAMACPP_B16 = 87.6  # llama.cpp at batch 16, hand-measured in issue 5 (used when not measured here)
+T0 = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.0f} s] {msg}", flush=True)
+
+
+def med(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def target(name: str, value: float, goal: float, *, higher: bool, unit: str = "x") -> dict:
+    """Whether ``value`` meets ``goal`` (at least it when ``higher``, else under it) and by how much it misses."""
+    met = value >= goal if higher else value < goal
+    if met:
+        line = f"**met**: {value:.2f}{unit} ({'>=' if higher else '<'} {goal:g}{unit})"
+    else:
+        miss = (goal - value) / goal * 100 if higher else (value - goal) / goal * 100
+        line = f"**missed**: {value:.2f}{unit}, {miss:.0f}% {'short of' if higher else 'over'} {goal:g}{unit}"
+    return {"target": name, "value": round(value, 4), "goal": goal, "met": met, "line": f"Target: {name} - {line}"}
+
+
+# -- the local backend ---------------------------------------------------------------------------
+
+def section_set(n: int, new_tokens: int, *, greedy: bool = False) -> list:
+    """``n`` real section requests (8 per article, same seed), each asking for ``new_tokens`` new tokens."""
+    from aigc.sections import section_requests
+    from aigc.spec import ArticleSpec
+    from aigc.templates import TemplateStore
+
+    store, requests = TemplateStore(), []
+    for a in range((n + 7) // 8):
+        spec = ArticleSpec(topic=TOPICS[a], sections=8, words=8 * 90, seed=7, outline=tuple(TITLES))
+        requests += section_requests(spec, TITLES, store)
+    update = {"max_new_tokens": new_tokens, **({"temperature": 0.0} if greedy else {})}
+    return [r.model_copy(update=update) for r in requests[:n]]
+
+
+def local_backend(batch: int | None = None, dtype: str = "auto"):
+    from aigc.backends.local import LocalBackend, LocalOptions
+
+    backend = LocalBackend(LocalOptions(max_batch_size=batch, dtype=dtype))
+    backend.load()
+    return backend
+
+
+def warm(backend) -> None:
+    backend.generate(section_set(2, 4))
+
+
+def run_generate(backend, requests, *, one_by_one: bool = False) -> dict:
+    started = time.perf_counter()
+    if one_by_one:
+        done = [backend.generate([r])[0] for r in requests]
+    else:
+        done = backend.generate(requests)
+    seconds = time.perf_counter() - started
+    tokens = sum(c.completion_tokens for c in done)
+    return {"seconds": seconds, "tokens": tokens, "tps": tokens / seconds}
+
+
+def measure(configs: dict, reps: int) -> dict:
+    """Run every config once per repetition (interleaved, so load drift hits all alike); medians per config."""
+    runs: dict[str, list] = {name: [] for name in configs}
+    for rep in range(reps):
+        for name, (backend, requests, one_by_one) in configs.items():
+            r = run_generate(backend, requests, one_by_one=one_by_one)
+            runs[name].append(r)
+            say(f"  rep {rep + 1}/{reps} {name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tps']:.1f} tokens/s")
+    return {name: {"tps": med([r["tps"] for r in rs]), "seconds": med([r["seconds"] for r in rs]),
+                   "tokens": med([r["tokens"] for r in rs]), "runs": rs} for name, rs in runs.items()}
+
+
+def bench_local(ctx: dict) -> dict:
+    """One generate() per section vs aigc's batched path, 8 sections."""
+    n, new = 8, ctx["new_tokens"]
+    backend = local_backend()  # aigc's defaults: auto batch size, auto dtype
+    warm(backend)
+    say(f"local: 8 sections x {new} new tokens, sampled, {backend.describe()}")
+    requests = section_set(n, new)
+    res = measure({"one generate() per section": (backend, requests, True),
+                   "aigc batched (one call)": (backend, requests, False)}, ctx["reps"])
+    base, batched = res["one generate() per section"], res["aigc batched (one call)"]
+    ratio = batched["tps"] / base["tps"]
+    ctx["shared"]["fp32 sampled b1"] = base
+    ctx["shared"]["fp32 sampled b8"] = batched
+    import torch
+    return {"title": "1. Section expansion, 8 sections, local backend (embedded SmolLM2-135M)",
+            "settings": {"new_tokens": new, "sections": n, "decoding": "temperature 0.7, top_p 0.9, top_k 50, "
+                         "repetition_penalty 1.15", "backend": backend.describe(), "torch_threads": torch.get_num_threads()},
+            "rows": [{"path": k, "new tokens": v["tokens"], "seconds": v["seconds"], "tokens/s": v["tps"],
+                      "ratio": v["tps"] / base["tps"]} for k, v in res.items()],
+            "raw": res, "targets": [target("batch 8 >= 4x one generate() per section", ratio, 4.0, higher=True)]}
+
+
+def bench_sweep(ctx: dict) -> dict:
+    """Batch sizes, fp32 vs bf16, greedy vs sampled."""
+    new, reps, sizes = ctx["new_tokens"], ctx["reps"], ctx["batches"]
+    big = max(sizes)
+    configs, rows_def = {}, []
+    for b in sizes:
+        name = f"fp32 sampled b{b}"
+        n = 8 if name in ctx["shared"] else (max(b, 8) if b > 1 else ctx["b1_requests"])
+        rows_def.append((name, "float32", "sampled", b, n))
+        if name not in ctx["shared"]:
+            configs[name] = (local_backend(b, "float32"), section_set(n, new), False)
+    for name, dtype, mode, b, n in [("bf16 sampled b1", "bfloat16", "sampled", 1, ctx["b1_requests"]),
+                                    (f"bf16 sampled b{big}", "bfloat16", "sampled", big, big),
+                                    (f"fp32 greedy b{big}", "float32", "greedy", big, big),
+                                    (f"bf16 greedy b{big}", "bfloat16", "greedy", big, big)]:
+        rows_def.append((name, dtype, mode, b, n))
+        configs[name] = (local_backend(b, dtype), section_set(n, new, greedy=mode == "greedy"), False)
+    for backend, _, _ in configs.values():
+        warm(backend)
+    say(f"sweep: batch sizes {sizes}, fp32/bf16, greedy/sampled, {new} new tokens")
+    res = {**ctx["shared"], **measure(configs, reps)}
+    b1 = res["fp32 sampled b1"]["tps"]
+    rows = []
+    for name, dtype, mode, b, n in rows_def:
+        v = res[name]
+        rows.append({"config": name, "dtype": dtype, "decoding": mode, "batch": b, "requests": n, "new tokens": v["tokens"],
+                     "seconds": v["seconds"], "tokens/s": v["tps"], "ratio to fp32 b1": v["tps"] / b1})
+    out = {"title": "2. Batch size, dtype and decoding sweep (local backend, max_batch_size = batch)",
+           "settings": {"new_tokens": new, "batch_1_requests": ctx["b1_requests"]}, "rows": rows,
+           "raw": {k: v for k, v in res.items() if k in configs}, "targets": []}
+    if 16 in sizes:
+        ref, src = ISSUE_LLAMACPP_B16, "issue 5's hand measurement"
+        if ctx.get("llamacpp_b16"):
+            ref, src = ctx["llamacpp_b16"], "measured in this run"
+        out["targets"].append(target(f"batch 16 sampled >= 2x llama.cpp ({ref:.1f} tokens/s, {src})",
+                                     res["fp32 sampled b16"]["tps"] / ref, 2.0, higher=True))
+    if 8 in sizes:
+        out["targets"].append(target("batch 8 >= 4x batch 1", res["fp32 sampled b8"]["tps"] / b1, 4.0, higher=True))
+    return out
+
+
+# -- model start ---------------------------------------------------------------------------------
+
+_FRESH = """
+import json, time
+t0 = time.perf_counter()
+import torch, transformers
+from aigc.backends.local import LocalBackend
+t1 = time.perf_counter()
+LocalBackend().load()
+t2 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "threads": torch.get_num_threads()}))
+"""
+
+
+def bench_start(ctx: dict) -> dict:
+    from aigc.backends.embedded import convert_gguf, ensure_converted
+
+    ensure_converted()
+    conv, fresh = [], []
+    for rep in range(ctx["reps"]):
+        with tempfile.TemporaryDirectory(prefix="aigc-bench-convert-") as tmp:
+            started = time.perf_counter()
+            convert_gguf(Path(tmp) / "model")
+            conv.append(time.perf_counter() - started)
+        say(f"  rep {rep + 1} GGUF conversion: {conv[-1]:.1f} s")
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - started
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        fresh.append({"process": wall, "import+load": d["import"] + d["load"], "load": d["load"], "import": d["import"]})
+        say(f"  rep {rep + 1} fresh process: {wall:.2f} s wall, import {d['import']:.2f} s, load {d['load']:.2f} s")
+    f = {k: med([x[k] for x in fresh]) for k in fresh[0]}
+    c = med(conv)
+    rows = [{"step": "GGUF -> safetensors conversion (convert_gguf, in process)", "seconds": c, "ratio to conversion": 1.0},
+            {"step": "cached copy, fresh process: whole process (python start + imports + load)", "seconds": f["process"],
+             "ratio to conversion": f["process"] / c},
+            {"step": "cached copy: import torch+transformers+aigc, then LocalBackend().load()", "seconds": f["import+load"],
+             "ratio to conversion": f["import+load"] / c},
+            {"step": "cached copy: LocalBackend().load() only", "seconds": f["load"], "ratio to conversion": f["load"] / c}]
+    return {"title": "3. Model start: GGUF conversion vs the cached safetensors copy", "rows": rows,
+            "raw": {"conversion": conv, "fresh": fresh},
+            "targets": [target("warm model start (import + load) < 2 s", f["import+load"], 2.0, higher=False, unit=" s"),
+                        target("warm model start (whole fresh process) < 2 s", f["process"], 2.0, higher=False, unit=" s")]}
+
+
+# -- Prefect flow --------------------------------------------------------------------------------
+
+def start_prefect(home: Path) -> tuple[subprocess.Popen, str, float, Path]:
+    from aigc.serving import free_port
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    started = time.perf_counter()
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    while time.perf_counter() - started < 180:
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, api, time.perf_counter() - started, log_path
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"prefect server did not become healthy; log {log_path}:\n{log_path.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def bench_flow(ctx: dict) -> dict:
+    """A whole article through the Prefect flow vs pipeline.write_article; then the flow's cached re-run."""
+    tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-prefect-"))
+    say("flow: starting prefect server (not timed)")
+    proc, api, startup, _log = start_prefect(tmp / "home")
+    os.environ.update(PREFECT_HOME=str(tmp / "home"), PREFECT_API_URL=api,
+                      PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"))
+    say(f"flow: server healthy in {startup:.1f} s at {api}")
+    try:
+        from aigc import pipeline
+        from aigc.spec import ArticleSpec
+        from flows.article import article_flow
+
+        n, words = ctx["article_sections"], ctx["article_words"]
+        params = lambda i: dict(topic=TOPICS[i % len(TOPICS)], sections=n, words=words, seed=100 + i)
+        backend = pipeline.backend_for(ArticleSpec(**params(0)))
+        backend.load()
+        warm(backend)
+        started = time.perf_counter()  # first flow call in the process: client start-up, flow registration
+        article_flow(topic="Warm-up article", sections=1, words=30, seed=1, outline=["Warm up"],
+                     outputs_dir=str(tmp / "warm"))
+        first_call = time.perf_counter() - started
+        say(f"flow: warm-up flow call {first_call:.1f} s (not counted)")
+        reps = []
+        for i in range(ctx["reps"]):
+            p, r = params(i), {}
+
+            def direct():
+                t = time.perf_counter()
+                res = pipeline.write_article(ArticleSpec(**p), root=tmp / "direct")
+                r["direct"], r["direct_words"] = time.perf_counter() - t, res.record.get("body_words")
+
+            def flow():
+                t = time.perf_counter()
+                res = article_flow(**p, outputs_dir=str(tmp / "flow"))
+                r["flow"], r["flow_words"], r["flow_steps"] = time.perf_counter() - t, res["words"], res["steps"]
+
+            for step in ((direct, flow) if i % 2 == 0 else (flow, direct)):
+                step()
+            t = time.perf_counter()
+            res = article_flow(**p, outputs_dir=str(tmp / "flow"))
+            r["cached"], r["cached_steps"], r["cached_status"] = time.perf_counter() - t, res["steps"], res["status"]
+            r["overhead"] = (r["flow"] - r["direct"]) / r["direct"]
+            r["cached_ratio"] = r["cached"] / r["flow"]
+            reps.append(r)
+            say(f"  rep {i + 1} {p['topic']!r}: direct {r['direct']:.1f} s ({r['direct_words']} words), flow "
+                f"{r['flow']:.1f} s ({r['flow_words']} words), overhead {100 * r['overhead']:+.1f}%; cached re-run "
+                f"{r['cached']:.2f} s ({100 * r['cached_ratio']:.1f}%), steps {r['cached_steps']}")
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    d, f, c = (med([r[k] for r in reps]) for k in ("direct", "flow", "cached"))
+    overhead = med([r["overhead"] for r in reps])
+    cached_ratio = med([r["cached_ratio"] for r in reps])
+    settings = {"sections": n, "words": words, "prefect_server_startup_s": round(startup, 1),
+                "first_flow_call_in_process_s": round(first_call, 2), "load_note": "same warm model for both paths"}
+    flow_out = {"title": f"4. Whole article ({n} sections, {words} words, generated outline): Prefect flow vs direct",
+                "settings": settings,
+                "rows": [{"path": "pipeline.write_article (direct)", "seconds": d, "ratio to direct": 1.0},
+                         {"path": "article_flow (Prefect server on 127.0.0.1)", "seconds": f, "ratio to direct": f / d},
+                         {"path": "overhead (median of per-rep (flow - direct) / direct)", "seconds": f - d,
+                          "ratio to direct": overhead},
+                         {"path": "cached flow re-run (an upper bound on fixed orchestration cost)", "seconds": c,
+                          "ratio to direct": c / d}],
+                "raw": reps,
+                "targets": [target("orchestration overhead < 10% of the article's time", 100 * overhead, 10.0,
+                                   higher=False, unit="%")]}
+    cached_out = {"title": "5. Cached re-run vs first run (same flow call twice, Prefect server)",
+                  "rows": [{"run": "first flow run", "seconds": f, "ratio to first": 1.0},
+                           {"run": "second run (outline and sections cached)", "seconds": c, "ratio to first": cached_ratio}],
+                  "raw": [{k: r[k] for k in ("flow", "cached", "cached_steps", "cached_status")} for r in reps],
+                  "targets": [target("cached re-run < 5% of the first run", 100 * cached_ratio, 5.0, higher=False,
+                                     unit="%")]}
+    ctx["extra"].append(("cached", cached_out))
+    return flow_out
+
+
+# -- the openai backend --------------------------------------------------------------------------
+
+class _Stub(BaseHTTPRequestHandler):
+    """An OpenAI-compatible /v1/chat/completions that takes ``delay`` seconds per request."""
+
+    delay = 0.5
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "bench"}]})
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        time.sleep(self.delay)
+        text = "Cities hold heat because stone and asphalt store it. " * 4
+        self._send({"id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
+                    "model": request.get("model", "stub"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}})
+
+
+def api_runs(base_url: str, model: str, requests, concurrencies, reps: int) -> dict:
+    from aigc.backends.base import generate_with_prefill
+    from aigc.backends.openai import OpenAIBackend, OpenAIOptions
+
+    out = {c: [] for c in concurrencies}
+    for rep in range(reps):
+        for c in concurrencies:
+            backend = OpenAIBackend(OpenAIOptions(model=model, base_url=base_url, concurrency=c, max_retries=0))
+            started = time.perf_counter()
+            done = generate_with_prefill(backend, requests)
+            out[c].append({"seconds": time.perf_counter() - started, "tokens": sum(x.completion_tokens for x in done)})
+            backend.close()
+            say(f"  rep {rep + 1} concurrency {c}: {len(requests)} requests in {out[c][-1]['seconds']:.2f} s")
+    return out
+
+
+def bench_api(ctx: dict) -> dict:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    say(f"api: stub server at {url}, {_Stub.delay} s per request, 16 section requests")
+    try:
+        runs = api_runs(url, "stub", section_set(16, 128), (1, 8), ctx["reps"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    seq, conc = med([r["seconds"] for r in runs[1]]), med([r["seconds"] for r in runs[8]])
+    return {"title": "6. openai backend, 16 section requests, stub server taking 0.5 s per request",
+            "rows": [{"concurrency": 1, "seconds": seq, "speed-up": 1.0},
+                     {"concurrency": 8, "seconds": conc, "speed-up": seq / conc}],
+            "raw": {str(k): v for k, v in runs.items()},
+            "targets": [target("concurrency 8 >= 5x sequential", seq / conc, 5.0, higher=True)]}
+
+
+def bench_serve(ctx: dict) -> dict:
+    from aigc.backends.embedded import ensure_converted
+    from aigc.serving import start_transformers_serve
+
+    say("serve: starting transformers serve (not timed)")
+    n, new = 4, ctx["serve_tokens"]
+    with start_transformers_serve(ensure_converted()) as server:
+        say(f"serve: up in {server.startup_seconds:.1f} s; {n} requests x {new} tokens")
+        api_runs(server.base_url, server.model_name, section_set(1, 4), (1,), 1)  # warm-up
+        runs = api_runs(server.base_url, server.model_name, section_set(n, new), (1, 4), ctx["reps"])
+    seq, conc = med([r["seconds"] for r in runs[1]]), med([r["seconds"] for r in runs[4]])
+    return {"title": f"6b. openai backend against a real `transformers serve` ({n} requests x {new} tokens, CPU)",
+            "settings": {"startup_s": round(server.startup_seconds, 1)},
+            "rows": [{"concurrency": 1, "seconds": seq, "speed-up": 1.0},
+                     {"concurrency": 4, "seconds": conc, "speed-up": seq / conc}],
+            "raw": {str(k): v for k, v in runs.items()}, "targets": []}
+
+
+def bench_llamacpp(ctx: dict) -> dict:
+    title = "7. llama.cpp (llama-cpp-python) on the same GGUF"
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"title": title, "rows": [], "targets": [],
+                "note": "llama-cpp-python is not installed, so it was not measured. Build it (about 7 minutes) with "
+                        "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+                        "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" pip install llama-cpp-python"}
+    from aigc.backends.embedded import GGUF_FILE, gguf_folder
+
+    llm = Llama(model_path=str(gguf_folder() / GGUF_FILE), n_ctx=2048, n_threads=os.cpu_count(), verbose=False, seed=7)
+    requests, runs = section_set(8, ctx["new_tokens"]), []
+    for rep in range(ctx["reps"]):
+        started, tokens = time.perf_counter(), 0
+        for r in requests:
+            out = llm.create_chat_completion(
+                messages=[m.model_dump() for m in r.without_prefill().messages], max_tokens=r.max_new_tokens,
+                temperature=0.7, top_p=0.9, top_k=50, repeat_penalty=1.15)
+            tokens += out["usage"]["completion_tokens"]
+        runs.append(tokens / (time.perf_counter() - started))
+        say(f"  rep {rep + 1} llama.cpp batch 1 x8: {runs[-1]:.1f} tokens/s")
+    ctx["llamacpp_b16"] = med(runs)  # the high-level API decodes one sequence at a time
+    return {"title": title, "rows": [{"path": "batch 1 x8 (the high-level API runs one sequence at a time)",
+                                      "tokens/s": med(runs)}], "raw": runs, "targets": [],
+            "note": "llama-cpp-python's Llama API has no parallel sequences; its batch-1 figure stands in for batch 16."}
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = ["# aigc benchmark results", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}; "
+             f"torch {meta['torch']}, transformers {meta['transformers']}, prefect {meta['prefect']}  ",
+             f"Repetitions: {meta['reps']} (figures are medians; ratios are of medians unless said otherwise)  ",
+             f"Load average (1/5/15 min) at start {meta['load_start']}, at end {meta['load_end']} "
+             f"on {meta['cpus']} CPUs: other work shared the machine, so absolute figures are noisy; ratios matter.", ""]
+    for name, sec in results["sections"].items():
+        lines += [f"## {sec['title']}", ""]
+        if sec.get("error"):
+            lines += [f"Failed: `{sec['error']}`", ""]
+            continue
+        if sec.get("settings"):
+            lines += ["Settings: " + ", ".join(f"{k} = {v}" for k, v in sec["settings"].items()), ""]
+        if sec.get("rows"):
+            cols = list(sec["rows"][0])
+            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in sec["rows"]]
+            lines.append("")
+        if sec.get("note"):
+            lines += [sec["note"], ""]
+        for t in sec.get("targets", []):
+            lines += [f"- {t['line']}"]
+        lines += [f"", f"_{sec.get('wall_s', 0):.0f} s, load average after: {sec.get('load_after')}_", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, epilog="example: python benchmarks/bench.py --quick")
+    parser.add_argument("--quick", action="store_true", help="1 repetition and small sizes: a smoke test")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for results.md and results.json")
+    parser.add_argument("--only", default="", help=f"comma-separated parts: {','.join(SECTIONS + OPTIONAL)}")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (median); --quick sets 1")
+    parser.add_argument("--batches", default="1,4,8,16", help="batch sizes of the sweep")
+    parser.add_argument("--serve", action="store_true", help="also measure a real `transformers serve`")
+    parser.add_argument("--llamacpp", action="store_true", help="also measure llama-cpp-python if installed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or (
+        SECTIONS + (["serve"] if args.serve else []) + (["llamacpp"] if args.llamacpp else []))
+    unknown = set(names) - set(SECTIONS + OPTIONAL)
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS + OPTIONAL)}")
+    if "llamacpp" in names:  # before the sweep, so its batch-16 target can use the measured figure
+        names = ["llamacpp"] + [n for n in names if n != "llamacpp"]
+    q = args.quick
+    ctx = {"reps": 1 if q else args.reps, "new_tokens": 16 if q else 128, "b1_requests": 2 if q else 4,
+           "batches": [int(b) for b in args.batches.split(",")], "article_sections": 2 if q else 4,
+           "article_words": 60 if q else 240, "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
+    import prefect
+    import torch
+    import transformers
+
+    results = {"meta": {"command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+                        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.system()}",
+                        "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+                        "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "load_start": load()},
+               "sections": {}}
+    funcs = {"local": bench_local, "sweep": bench_sweep, "start": bench_start, "flow": bench_flow, "api": bench_api,
+             "serve": bench_serve, "llamacpp": bench_llamacpp}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        started = time.perf_counter()
+        say(f"== {name} (load average {load()})")
+        try:
+            sec = funcs[name](ctx)
+        except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            sec = {"title": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        sec["wall_s"], sec["load_after"] = time.perf_counter() - started, load()
+        results["sections"][name] = sec
+        for key, extra in ctx["extra"]:
+            extra["wall_s"], extra["load_after"] = 0.0, load()
+            results["sections"][key] = extra
+        ctx["extra"].clear()
+        for t in sec.get("targets", []):
+            say(t["line"])
+        results["meta"]["load_end"] = load()
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (out / "results.md").write_text(markdown(results))
+    say(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 1 if any(s.get("error") for s in results["sections"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
