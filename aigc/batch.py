@@ -352,9 +352,23 @@ def _cell(value: Any) -> str:
     return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
+#: Evaluation keys already shown by other columns.
+_SHOWN = {"words", "requested_words", "sections"}
+
+
+def evaluation_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Numeric evaluation metrics present in any row (length_score, coverage, ...), in the evaluator's order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k, v in (r.get("evaluation") or {}).items():
+            if k not in _SHOWN and isinstance(v, (int, float)) and not isinstance(v, bool):
+                seen.setdefault(k)
+    return list(seen)
+
+
 def render_index(name: str, rows: list[dict[str, Any]], *, link_ext: str = "md", when: str = "") -> str:
     """The batch's index as Markdown: one table row per item with status, words, time, link and metrics."""
-    metrics = sorted({k for r in rows for k in (r.get("evaluation") or {})})
+    metrics = evaluation_columns(rows)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

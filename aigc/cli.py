@@ -39,10 +39,26 @@ def _read_outline(value: str | None) -> tuple[str, ...] | None:
     return tuple(given_outline(text.splitlines(), source=source))
 
 
-def backend_options(backend: str, model: str | None, base_url: str | None, api_key_env: str | None,
-                    concurrency: int | None) -> dict[str, Any]:
-    """Backend options from CLI flags; only those given are set."""
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs; VALUE is read as JSON when it parses (true, 8, 0.5), else as text."""
+    import json
+
     options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"-o {pair!r}: give KEY=VALUE, e.g. -o max_batch_size=8")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def backend_options(backend: str, model: str | None, base_url: str | None, api_key_env: str | None,
+                    concurrency: int | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Backend options from CLI flags; only those given are set."""
+    options: dict[str, Any] = parse_options(extra)
     if model:
         options["model"] = model
     if base_url:
@@ -107,6 +123,8 @@ def main(verbose: bool) -> None:
 @click.option("--base-url", envvar="OPENAI_BASE_URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1")
 @click.option("--api-key-env", help="openai: name of the environment variable holding the key [OPENAI_API_KEY].")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="openai: requests in flight at once [8].")
+@click.option("--option", "-o", "extra_options", multiple=True, metavar="KEY=VALUE",
+              help="Any other backend option, e.g. -o max_batch_size=8 (local), -o use_completions=true (openai).")
 @click.option("--outline", "outline_file", metavar="FILE",
               help="Use this outline (one section title per line; '-' reads stdin) instead of generating one.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
@@ -118,7 +136,7 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing article of the same name.")
 def write(topic: str, outline_file: str | None, outputs_dir: str | None, templates_dir: str | None,
           model: str | None, base_url: str | None, api_key_env: str | None, concurrency: int | None,
-          overwrite: bool, **params: Any) -> None:
+          extra_options: tuple[str, ...], overwrite: bool, **params: Any) -> None:
     """Write one article or report about TOPIC through the Prefect flow.
 
     \b
@@ -129,7 +147,7 @@ def write(topic: str, outline_file: str | None, outputs_dir: str | None, templat
     from aigc.spec import ArticleSpec
 
     try:
-        options = backend_options(params["backend"], model, base_url, api_key_env, concurrency)
+        options = backend_options(params["backend"], model, base_url, api_key_env, concurrency, extra_options)
         outline = _read_outline(outline_file)
         spec = ArticleSpec.build(source="aigc write", topic=topic, outline=outline, backend_options=options,
                                  **{k: params[k] for k in ("style", "sections", "words", "seed", "backend",

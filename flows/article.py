@@ -70,8 +70,11 @@ def build_spec(**params: Any) -> ArticleSpec:
         value = params.pop(name, None)
         if value:
             options[name] = value
-    if params.get("outline") is not None:
+    if params.get("outline"):
         params["outline"] = tuple(params["outline"])
+        params["sections"] = len(params["outline"])  # a given outline decides the number of sections
+    else:
+        params["outline"] = None
     return ArticleSpec.build(source="flow parameters", backend_options=options, **params)
 
 

@@ -139,8 +139,9 @@ def _finish(batch: batches.Batch, folder: Path, rows: list[dict], seconds: float
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    table = [{k: (v if not isinstance(v, dict) else ", ".join(f"{m}={x}" for m, x in v.items()))
-              for k, v in r.items() if k != "folder"} for r in rows]
+    metrics = batches.evaluation_columns(rows)
+    table = [{**{k: v for k, v in r.items() if k not in ("folder", "evaluation")},
+              **{m: (r.get("evaluation") or {}).get(m) for m in metrics}} for r in rows]
     create_table_artifact(table=table, key=f"batch-{slugify(batch.name, 'batch')}"[:100],
                           description=f"aigc batch {batch.name}: {counts} -> {md_path}")
     return {"name": batch.name, "batch_file": str(batch.path), "folder": str(folder), "index_md": str(md_path),

@@ -120,7 +120,8 @@ def test_secret_in_backend_options_and_unknown_file_type(tmp_path):
 def test_index_lists_every_item_with_evaluation_columns():
     rows = [
         {"index": 1, "topic": "A | pipe", "style": "report", "status": "written", "words": 230, "seconds": 12.34,
-         "slug": "a-pipe", "evaluation": {"length_score": 0.91}},
+         "slug": "a-pipe", "evaluation": {"title": "A", "words": 230, "length_score": 0.91,
+                                                   "sections_missing": [], "coverage_basis": "outline"}},
         {"index": 2, "topic": "B", "style": "article", "status": "failed", "seconds": 0.5, "slug": None,
          "error": "openai: cannot connect", "evaluation": {}},
     ]

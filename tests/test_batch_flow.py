@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="aigc-batch-flow-"))
+atexit.register(shutil.rmtree, _TMP, True)
 if not os.environ.get("PREFECT_API_URL"):  # set before Prefect is imported; a session conftest may do it too
     os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_TMP / "results"))
@@ -106,6 +109,9 @@ def batch_run(tmp_path_factory):
                  (outputs / "test-batch" / "index.md").read_text(), (outputs / "test-batch" / "index.html").read_text()))
     FakeBackend.barrier = None
     register_backend("flaky", FixedBackend)  # the outage is over; same backend name, same model: same inputs
+    half = outputs / "test-batch" / ".tmp-library-cards-killed"  # what a run killed while writing leaves
+    half.mkdir()
+    (half / "article.md").write_text("half")
     for _ in range(2):
         FakeBackend.calls.clear()
         state = batch_flow(batch_file=str(root / "b.yaml"), outputs_dir=str(outputs), return_state=True)

@@ -78,3 +78,9 @@ def test_templates_list_and_render():
     assert rendered.exit_code == 0
     assert rendered.output.count("=== section") == 3
     assert "Begin with a summary and end with recommendations." in rendered.output
+
+
+def test_backend_options_are_validated_by_the_backend():
+    line = error_line(invoke("write", "Tides", "-o", "max_batch_sise=8"))
+    assert "unknown option 'max_batch_sise'" in line
+    assert "KEY=VALUE" in error_line(invoke("write", "Tides", "-o", "max_batch_size"))

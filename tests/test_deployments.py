@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,12 +23,29 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TZ = "America/New_York"  # not UTC, so a wrong time zone shows
 _TMP = Path(tempfile.mkdtemp(prefix="aigc-deploy-"))
+atexit.register(shutil.rmtree, _TMP, True)
 if not os.environ.get("PREFECT_API_URL"):  # before Prefect is imported; a session conftest may do it too
     os.environ.setdefault("PREFECT_HOME", str(_TMP / "client-home"))
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_TMP / "results"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-pytestmark = pytest.mark.slow
+
+
+def test_deployments_are_built_from_settings(monkeypatch):
+    from aigc.errors import ConfigError
+    from flows.deploy import deployments
+
+    monkeypatch.setenv("AIGC_TIMEZONE", "Europe/Berlin")
+    nightly, single = deployments()
+    assert (nightly.name, single.name) == ("nightly", "single-report")
+    assert nightly.entrypoint == "flows.batch.batch_flow" and single.entrypoint == "flows.article.article_flow"
+    [sched] = nightly.schedules
+    assert (sched.schedule.cron, sched.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert nightly.parameters == {"batch_file": "data/batches/nightly.yaml"} and single.parameters == {"style": "report"}
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
+        deployments(timezone="Mars/Base")
+    with pytest.raises(ConfigError, match="not a cron expression"):
+        deployments(cron="at two")
 
 
 def _free_port() -> int:
@@ -134,6 +153,7 @@ def _scheduled_runs(client, deployment_id, want: int = 3, timeout: float = 150):
         time.sleep(2)
 
 
+@pytest.mark.slow
 def test_serve_schedule_single_report_and_pause_on_stop(api_url, client, tmp_path):
     outputs = tmp_path / "outputs"
     serve = _serve(api_url, outputs, "serve1.log")

@@ -90,6 +90,8 @@ class OpenAIBackend(Backend):
         self._client = client
         self._http_client = http_client
         self._lock = threading.Lock()
+        # Text completions continue a plain prompt, so a template's reply prefill ("1.") is kept.
+        self.supports_prefill = self.options.use_completions
         if client is None:
             self._api_key()  # fail fast on a missing key, but don't keep it
 
