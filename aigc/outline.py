@@ -26,7 +26,7 @@ _SECTION_WORD = re.compile(
 _HEADING = re.compile(r"^\s*#{1,6}\s+(?P<t>.+?)\s*#*\s*$")
 _BULLET = re.compile(r"^\s*[-*•+]\s+(?P<t>.+)$")
 _BOLD_LINE = re.compile(r"^\s*\*\*(?P<t>[^*]{2,}?)\*\*:?\s*$")
-_PREFIX_NOISE = re.compile(r"^(?:title|outline|heading|section title|topic)\s*:\s*", re.I)
+_PREFIX_NOISE = re.compile(r"^(?:title|outline|heading|section title|topic)\s*\d{0,2}\s*[:.\-–—]\s*", re.I)
 
 
 def clean_title(raw: str) -> str:

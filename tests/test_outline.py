@@ -94,3 +94,11 @@ def test_outline_fails_with_a_clear_error_after_the_attempts(fake_backend):
     with pytest.raises(OutlineError, match="no usable outline after 3 attempts.*--outline"):
         generate_outline(fake_backend, spec, TemplateStore())
     assert len(fake_backend.calls) == 3
+
+
+def test_numbered_title_prefixes_and_stray_quotes_from_the_openai_path():
+    assert parse_outline(SAMPLES[6]) == [
+        "The Unsustainable Future of Urban Heat Insulation",
+        "The Impact of Urban Heat Insulation on Energy Efficiency",
+        "The Future of Urban Heat Insulation: A New Era of Sustainability",
+    ]

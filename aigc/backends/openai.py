@@ -44,7 +44,8 @@ class OpenAIOptions(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(4, ge=0)
-    timeout: float = Field(120.0, gt=0)
+    # Seconds per request. Generous: a local server on a CPU answers one request at a time.
+    timeout: float = Field(600.0, gt=0)
     use_completions: bool = False
 
 
