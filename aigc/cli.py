@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -16,7 +16,7 @@ from aigc.errors import AigcError, InputError
 STYLE_HELP = "Style pack: a folder of templates/ (article, report, news, blog, or your own)."
 
 
-def _fail(err: Exception) -> "NoReturn":  # type: ignore[name-defined]
+def _fail(err: Exception) -> NoReturn:
     raise click.ClickException(str(err)) from None
 
 

@@ -70,12 +70,13 @@ def evaluate_path(path: Path, *, words: int | None = None, min_section_words: in
         for result, ppl in zip(results, ev.perplexity([a.body for a in parsed], lm=lm, tokenizer=tokenizer)):
             result.update(perplexity=ppl, perplexity_model=model_id)
     if judge_backend is not None:
+        from aigc import judge
         from aigc.templates import TemplateStore
 
         echo(f"Judging {len(parsed)} article(s) with {judge_backend.model_id}...")
-        verdicts = ev.judge(parsed, judge_backend, store=TemplateStore(templates_dir))
+        verdicts = judge.judge(parsed, judge_backend, store=TemplateStore(templates_dir))
         for result, verdict in zip(results, verdicts):
-            result.update(ev.judge_fields(verdict))
+            result.update(judge.judge_fields(verdict))
     return results
 
 

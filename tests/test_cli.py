@@ -1,6 +1,5 @@
 """CLI errors are one clear line and a non-zero exit, found before any model or Prefect start-up."""
 
-import pytest
 from click.testing import CliRunner
 
 from aigc.cli import main

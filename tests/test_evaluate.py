@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from aigc import evaluate as ev
+from aigc import judge as jd
 from aigc.backends.base import Backend, Completion, GenerationRequest
 
 
@@ -206,7 +207,7 @@ class CannedJudge(Backend):
     ],
 )
 def test_parse_judgement_well_formed(reply, ratings, reasons):
-    verdict = ev.parse_judgement(reply)
+    verdict = jd.parse_judgement(reply)
     assert tuple(verdict["ratings"].values()) == ratings
     assert tuple(verdict["reasons"].values()) == reasons
     assert verdict["flags"] == []
@@ -215,16 +216,16 @@ def test_parse_judgement_well_formed(reply, ratings, reasons):
 
 
 def test_parse_judgement_malformed_and_out_of_range():
-    verdict = ev.parse_judgement("Coherence: 7 - great\nMeaningfulness: 8/10\nI cannot judge truthfulness.")
+    verdict = jd.parse_judgement("Coherence: 7 - great\nMeaningfulness: 8/10\nI cannot judge truthfulness.")
     assert verdict["ratings"] == {"coherence": None, "meaningfulness": None, "truthfulness": None}
     assert verdict["flags"] == ["coherence: rating 7 is outside 1-5", "meaningfulness: rated on a scale of 10, not 5",
                                 "truthfulness: missing"]
     assert verdict["mean"] is None and verdict["score"] is None
-    partial = ev.parse_judgement('{"coherence": 5, "meaningfulness": 0, "truthfulness": true} Meaningfulness: 1')
+    partial = jd.parse_judgement('{"coherence": 5, "meaningfulness": 0, "truthfulness": true} Meaningfulness: 1')
     assert partial["ratings"] == {"coherence": 5, "meaningfulness": 1, "truthfulness": None}
     assert partial["flags"] == ["truthfulness: not a number"]
     assert partial["mean"] == 3 and partial["score"] == 50
-    assert ev.parse_judgement("{not json")["flags"][0] == "coherence: missing"
+    assert jd.parse_judgement("{not json")["flags"][0] == "coherence: missing"
 
 
 def test_judge_renders_the_template_and_continues_the_prefill():
@@ -246,7 +247,7 @@ def test_judge_renders_the_template_and_continues_the_prefill():
 def test_judge_without_prefill_support_and_truncation():
     backend = CannedJudge(['{"coherence": 2, "meaningfulness": 2, "truthfulness": 2}'] * 2)
     arts = [ev.parse_article(REPORT), ev.parse_article("# T\n\n## S\n\nshort text")]
-    verdicts = ev.judge(arts, backend, max_words=5)
+    verdicts = jd.judge(arts, backend, max_words=5)
     assert [v["score"] for v in verdicts] == [25, 25]
     assert len(backend.history) == 2 and all(r.messages[-1].role == "user" for r in backend.history)
     assert "its first 5 words" in backend.history[0].messages[-1].content
