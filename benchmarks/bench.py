@@ -73,10 +73,13 @@ def section_set(n: int, new_tokens: int, *, greedy: bool = False) -> list:
     return [r.model_copy(update=update) for r in requests[:n]]
 
 
+THREADS: int | None = None  # --threads: LocalOptions(threads=...) for every local backend here (None: aigc's default)
+
+
 def local_backend(batch: int | None = None, dtype: str = "auto"):
     from aigc.backends.local import LocalBackend, LocalOptions
 
-    backend = LocalBackend(LocalOptions(max_batch_size=batch, dtype=dtype))
+    backend = LocalBackend(LocalOptions(max_batch_size=batch, dtype=dtype, threads=THREADS))
     backend.load()
     return backend
 
@@ -177,9 +180,9 @@ _FRESH = """
 import json, time
 t0 = time.perf_counter()
 import torch, transformers
-from aigc.backends.local import LocalBackend
+from aigc.backends.local import LocalBackend, LocalOptions
 t1 = time.perf_counter()
-LocalBackend().load()
+LocalBackend(LocalOptions(threads=THREADS)).load()
 t2 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "load": t2 - t1, "threads": torch.get_num_threads()}))
 """
@@ -197,7 +200,7 @@ def bench_start(ctx: dict) -> dict:
             conv.append(time.perf_counter() - started)
         say(f"  rep {rep + 1} GGUF conversion: {conv[-1]:.1f} s")
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True,
+        out = subprocess.run([sys.executable, "-c", f"THREADS = {THREADS!r}\n" + _FRESH], capture_output=True, text=True, check=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
         wall = time.perf_counter() - started
         d = json.loads(out.stdout.strip().splitlines()[-1])
@@ -219,10 +222,19 @@ def bench_start(ctx: dict) -> dict:
 
 # -- Prefect flow --------------------------------------------------------------------------------
 
-def start_prefect(home: Path) -> tuple[subprocess.Popen, str, float, Path]:
+def prefect_env() -> dict:
+    """Point this process at the benchmark's own Prefect server: must run before prefect is first imported."""
     from aigc.serving import free_port
 
+    tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-prefect-"))
     port = free_port()
+    env = {"PREFECT_HOME": str(tmp / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / "results")}
+    os.environ.update(env)
+    return {"tmp": tmp, "port": port, **env}
+
+
+def start_prefect(home: Path, port: int) -> tuple[subprocess.Popen, str, float, Path]:
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -261,25 +273,31 @@ def stop(proc: subprocess.Popen) -> None:
 
 def bench_flow(ctx: dict) -> dict:
     """A whole article through the Prefect flow vs pipeline.write_article; then the flow's cached re-run."""
-    tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-prefect-"))
+    pe = ctx["prefect"]
+    tmp = pe["tmp"]
     say("flow: starting prefect server (not timed)")
-    proc, api, startup, _log = start_prefect(tmp / "home")
-    os.environ.update(PREFECT_HOME=str(tmp / "home"), PREFECT_API_URL=api,
-                      PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "results"))
+    proc, api, startup, _log = start_prefect(Path(pe["PREFECT_HOME"]), pe["port"])
     say(f"flow: server healthy in {startup:.1f} s at {api}")
     try:
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url != api:
+            raise RuntimeError(f"prefect is not pointed at the benchmark's server ({get_current_settings().api.url})")
         from aigc import pipeline
         from aigc.spec import ArticleSpec
         from flows.article import article_flow
 
         n, words = ctx["article_sections"], ctx["article_words"]
         params = lambda i: dict(topic=TOPICS[i % len(TOPICS)], sections=n, words=words, seed=100 + i)
+        if THREADS:  # the flow builds its backend from the spec: give it the same options
+            base = params
+            params = lambda i: {**base(i), "backend_options": {"threads": THREADS}}
         backend = pipeline.backend_for(ArticleSpec(**params(0)))
         backend.load()
         warm(backend)
         started = time.perf_counter()  # first flow call in the process: client start-up, flow registration
         article_flow(topic="Warm-up article", sections=1, words=30, seed=1, outline=["Warm up"],
-                     outputs_dir=str(tmp / "warm"))
+                     outputs_dir=str(tmp / "warm"), **({"backend_options": {"threads": THREADS}} if THREADS else {}))
         first_call = time.perf_counter() - started
         say(f"flow: warm-up flow call {first_call:.1f} s (not counted)")
         reps = []
@@ -463,6 +481,7 @@ def markdown(results: dict) -> str:
     lines = ["# aigc benchmark results", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}; "
              f"torch {meta['torch']}, transformers {meta['transformers']}, prefect {meta['prefect']}  ",
+             f"Torch threads: {meta['threads']}  ",
              f"Repetitions: {meta['reps']} (figures are medians; ratios are of medians unless said otherwise)  ",
              f"Load average (1/5/15 min) at start {meta['load_start']}, at end {meta['load_end']} "
              f"on {meta['cpus']} CPUs: other work shared the machine, so absolute figures are noisy; ratios matter.", ""]
@@ -493,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated parts: {','.join(SECTIONS + OPTIONAL)}")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (median); --quick sets 1")
     parser.add_argument("--batches", default="1,4,8,16", help="batch sizes of the sweep")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (LocalOptions.threads); default: aigc's")
+    parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per section (default 128, --quick 16)")
     parser.add_argument("--serve", action="store_true", help="also measure a real `transformers serve`")
     parser.add_argument("--llamacpp", action="store_true", help="also measure llama-cpp-python if installed")
     args = parser.parse_args(argv)
@@ -505,9 +526,13 @@ def main(argv: list[str] | None = None) -> int:
     if "llamacpp" in names:  # before the sweep, so its batch-16 target can use the measured figure
         names = ["llamacpp"] + [n for n in names if n != "llamacpp"]
     q = args.quick
-    ctx = {"reps": 1 if q else args.reps, "new_tokens": 16 if q else 128, "b1_requests": 2 if q else 4,
+    global THREADS
+    THREADS = args.threads
+    ctx = {"reps": 1 if q else args.reps, "new_tokens": args.new_tokens or (16 if q else 128), "b1_requests": 2 if q else 4,
            "batches": [int(b) for b in args.batches.split(",")], "article_sections": 2 if q else 4,
            "article_words": 60 if q else 240, "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
+    if "flow" in names:
+        ctx["prefect"] = prefect_env()
     import prefect
     import torch
     import transformers
@@ -515,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"meta": {"command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
                         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.system()}",
                         "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-                        "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "load_start": load()},
+                        "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "threads": THREADS or "aigc default", "load_start": load()},
                "sections": {}}
     funcs = {"local": bench_local, "sweep": bench_sweep, "start": bench_start, "flow": bench_flow, "api": bench_api,
              "serve": bench_serve, "llamacpp": bench_llamacpp}
