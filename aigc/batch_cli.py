@@ -37,8 +37,10 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
         raise click.ClickException(str(err)) from None
     folder = (os.path.join(outputs_dir, batch.slug) if outputs_dir else str(default_outputs() / batch.slug))
     click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/", err=True)
+    from aigc.cli import quiet_tracebacks
     from flows.batch import batch_flow
 
+    quiet_tracebacks()
     state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
                        max_items=max_items, templates_dir=templates_dir, return_state=True)
     summary = state.result(raise_on_failure=False)

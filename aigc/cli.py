@@ -55,6 +55,27 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+class _NoAigcTracebacks(logging.Filter):
+    """Log an aigc error as its one line, without the traceback (Prefect logs failed runs with one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AigcError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Install the filter on every handler of the root and Prefect loggers (after Prefect set them up)."""
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoAigcTracebacks) for f in handler.filters):
+                handler.addFilter(_NoAigcTracebacks())
+
+
 def backend_options(backend: str, model: str | None, base_url: str | None, api_key_env: str | None,
                     concurrency: int | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Backend options from CLI flags; only those given are set."""
@@ -159,6 +180,7 @@ def write(topic: str, outline_file: str | None, outputs_dir: str | None, templat
                    f"with {spec.backend}{' / ' + options['model'] if options.get('model') else ''}...", err=True)
         from flows.article import article_flow
 
+        quiet_tracebacks()
         result = article_flow(
             topic=spec.topic, style=spec.style, sections=spec.sections, words=spec.words, seed=spec.seed,
             backend=spec.backend, outline=list(spec.outline) if spec.outline else None,

@@ -44,8 +44,10 @@ def finetune_command(corpus: Path, output: Path, **settings) -> None:
     try:
         options = ft.make_options(corpus=corpus, output=output, **settings)
         ft.load_corpus(options.corpus, options.text_field)  # fail fast, before the flow's API starts
+        from aigc.cli import quiet_tracebacks
         from flows.finetune import finetune_flow
 
+        quiet_tracebacks()
         record = finetune_flow(options)
     except AigcError as err:
         raise click.ClickException(str(err)) from None

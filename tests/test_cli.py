@@ -83,3 +83,23 @@ def test_backend_options_are_validated_by_the_backend():
     line = error_line(invoke("write", "Tides", "-o", "max_batch_sise=8"))
     assert "unknown option 'max_batch_sise'" in line
     assert "KEY=VALUE" in error_line(invoke("write", "Tides", "-o", "max_batch_size"))
+
+
+def test_aigc_errors_are_logged_without_traceback():
+    import logging
+
+    from aigc.cli import _NoAigcTracebacks
+    from aigc.errors import BackendError, InputError
+
+    def record(exc):
+        try:
+            raise exc
+        except Exception:
+            import sys
+
+            return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+
+    aigc_record, other_record = record(BackendError("401")), record(KeyError("bug"))
+    assert _NoAigcTracebacks().filter(aigc_record) and aigc_record.exc_info is None
+    assert _NoAigcTracebacks().filter(other_record) and other_record.exc_info is not None  # real bugs keep theirs
+    assert isinstance(InputError("x"), Exception)
