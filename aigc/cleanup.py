@@ -19,6 +19,8 @@ _OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope 
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
 _WORD = re.compile(r"[A-Za-z0-9']+")
+#: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
+_PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?")
 
 
 def _norm(text: str) -> str:
@@ -78,7 +80,9 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
         if _HEADING.match(line):
             continue
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
-    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", "\n".join(kept))]
+    joined = _PLACEHOLDER.sub("", "\n".join(kept))
+    joined = re.sub(r"\.{4,}", "...", joined)
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", joined)]
     paragraphs = [p for p in paragraphs if p]
     paragraphs = [_balance_quotes(p) for p in _dedupe_sentences(paragraphs)]
     body = "\n\n".join(p for p in paragraphs if p)

@@ -57,3 +57,8 @@ def test_meta_sentences_and_stray_quotes_from_the_real_model():
     quoted = '"coastal erosion is one of nature\'s many challenges." As we explore this balance, it shows.'
     assert clean_section(quoted, title="Overview") == quoted.replace('"coastal', '"Coastal')
     assert clean_section('Sure! Waves move sand along the shore. "Tides too."', title="x") == 'Waves move sand along the shore. "Tides too."'
+
+
+def test_copied_placeholders_and_long_dot_runs_are_removed():
+    text = "[Section_title] How to stay warm... [your_paragraphs_without-bold]... Wear layers..... It helps."
+    assert clean_section(text, title="Warmth") == "How to stay warm... Wear layers... It helps."
