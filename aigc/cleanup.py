@@ -53,6 +53,11 @@ def trim_to_sentence(text: str) -> str:
     return text[: matches[-1].end()].rstrip()
 
 
+def _heading_like(line: str) -> bool:
+    """A short line without a sentence end: a title or heading, not prose."""
+    return 0 < len(line.split()) <= 14 and not _SENTENCE_END.search(line) and not line.endswith((",", ";"))
+
+
 def _is_title_echo(line: str, titles: Sequence[str]) -> bool:
     n = _norm(re.sub(r"^\s*(?:#+|\*\*|section\s+\w+\s*[:.\-–—]|\d{1,2}[.)])\s*", "", line))
     return bool(n) and any(n == _norm(t) or (len(n) > 8 and n in _norm(t)) for t in titles)
@@ -61,7 +66,8 @@ def _is_title_echo(line: str, titles: Sequence[str]) -> bool:
 def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), truncated: bool = False) -> str:
     """Turn one generated section into plain paragraphs of prose.
 
-    - a repeated title or any heading line at the start is removed;
+    - a repeated title, and any heading or title-like line standing alone (a few words, no
+      sentence end), is removed;
     - text stops where the model starts writing another section of the outline;
     - chat filler ("Sure! Here is...", "I hope this helps") is dropped;
     - repeated sentences and paragraphs are removed (degenerate loops);
@@ -69,15 +75,17 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     """
     lines = text.replace("\r", "").split("\n")
     kept: list[str] = []
-    for line in lines:
+    for i, line in enumerate(lines):
         stripped = line.strip()
-        if not kept and (not stripped or _FILLER.match(line) or _is_title_echo(line, [title]) or _HEADING.match(line)):
+        alone = (i == 0 or not lines[i - 1].strip()) and (i + 1 == len(lines) or not lines[i + 1].strip())
+        if not kept and (not stripped or _FILLER.match(line) or _is_title_echo(line, [title]) or _HEADING.match(line)
+                         or (alone and _heading_like(stripped))):
             continue
         if kept and (_is_title_echo(line, other_titles) and (_HEADING.match(line) or len(stripped.split()) <= 14)):
             break  # the model went on to write another section
         if _OUTRO.match(line):
             break
-        if _HEADING.match(line):
+        if _HEADING.match(line) or (alone and _heading_like(stripped)):
             continue
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     joined = _PLACEHOLDER.sub("", "\n".join(kept))

@@ -62,3 +62,11 @@ def test_meta_sentences_and_stray_quotes_from_the_real_model():
 def test_copied_placeholders_and_long_dot_runs_are_removed():
     text = "[Section_title] How to stay warm... [your_paragraphs_without-bold]... Wear layers..... It helps."
     assert clean_section(text, title="Warmth") == "How to stay warm... Wear layers... It helps."
+
+
+def test_title_like_lines_standing_alone_are_dropped():
+    # the real embedded model behind `transformers serve` opened each section with a mixed-up title
+    text = ("The Unsustainable Future of Urban Heat Insulation: A New Era of Sustainability\n\n"
+            "The impact of urban heat islands is a pressing concern.\n\nWhat Comes Next\n\nCities plant trees.")
+    assert clean_section(text, title="The Impact") == "The impact of urban heat islands is a pressing concern.\n\nCities plant trees."
+    assert clean_section("The Unsustainable Future of Urban Heat Insulation", title="x") == ""
