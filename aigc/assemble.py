@@ -12,6 +12,7 @@ from markupsafe import Markup
 from aigc import __version__
 from aigc.spec import ArticleSpec
 from aigc.templates import PAGE_TEMPLATE, TemplateStore
+from aigc.version import steps_version
 
 MARKDOWN_EXTENSIONS = ["toc", "tables", "fenced_code", "sane_lists", "smarty"]
 
@@ -27,8 +28,9 @@ def markdown_to_html(text: str) -> str:
 
 
 def inputs_key(spec: ArticleSpec, template_hashes: dict[str, str], model_id: str) -> str:
-    """What makes two runs the same article: inputs, templates and model."""
-    blob = json.dumps({"spec": spec.key(), "templates": template_hashes, "model": model_id}, sort_keys=True)
+    """What makes two runs the same article: inputs, templates, model and the step code's version."""
+    blob = json.dumps({"spec": spec.key(), "templates": template_hashes, "model": model_id,
+                       "steps": steps_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -68,6 +70,7 @@ def build_record(
 
     return {
         "aigc_version": __version__,
+        "steps_version": steps_version(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs_key": key,
         "topic": spec.topic,

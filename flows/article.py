@@ -9,10 +9,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-import aigc
 from aigc import pipeline
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
+from aigc.version import steps_version
 from flows.common import CACHE_POLICY, retry_if_retryable
 
 RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_retryable)
@@ -110,11 +110,11 @@ def article_flow(
     data = spec.model_dump(mode="json")
     logger.info("Outline: %s, %d sections, style %s, backend %s", spec.topic, spec.sections, spec.style, spec.backend)
     steps = {}
-    state = outline_task(data, templates_dir, hashes["outline"], aigc.__version__, return_state=True)
+    state = outline_task(data, templates_dir, hashes["outline"], steps_version(), return_state=True)
     outline_result, steps["outline"] = state.result(), state.name
     titles = outline_result["titles"]
     logger.info("Sections: expanding %d sections in one batch: %s", len(titles), " | ".join(titles))
-    state = sections_task(data, titles, templates_dir, hashes["section"], aigc.__version__, return_state=True)
+    state = sections_task(data, titles, templates_dir, hashes["section"], steps_version(), return_state=True)
     section_results, steps["sections"] = state.result(), state.name
     logger.info("Assembly: %d words", sum(s["words"] for s in section_results))
     article = assemble_task(data, outline_result, section_results, templates_dir)

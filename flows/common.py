@@ -6,7 +6,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from aigc.errors import BackendError
 
-#: Cached across runs: same inputs (spec, template hashes, aigc version) and same task code.
+#: Cached across runs: same inputs (spec, template hashes, aigc.version.steps_version()) and same task code.
 CACHE_POLICY = INPUTS + TASK_SOURCE
 
 
