@@ -12,7 +12,8 @@ _FILLER = re.compile(
 #: Sentences about the writing rather than the subject ("Here is your paragraph...").
 _META_SENTENCE = re.compile(
     r"^\s*[\"“]?(?:(?:sure|certainly|of course|absolutely)\b|here(?:'s| is| are)\s+(?:a|an|the|your|my)\s+"
-    r"(?:\w+\s+){0,3}(?:paragraph|section|text|essay|article|version|draft|response|answer|outline|post|report)s?\b)",
+    r"(?:\w+\s+){0,3}(?:paragraph|section|text|essay|article|version|draft|response|answer|outline|post|report)s?\b"
+    r"|(?:i'm|i am) ready\b|please (?:go ahead|let me know|provide)\b|let me know\b)",
     re.I,
 )
 _OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps)", re.I)
@@ -59,7 +60,7 @@ def _heading_like(line: str) -> bool:
 
 
 def _is_title_echo(line: str, titles: Sequence[str]) -> bool:
-    n = _norm(re.sub(r"^\s*(?:#+|\*\*|section\s+\w+\s*[:.\-–—]|\d{1,2}[.)])\s*", "", line))
+    n = _norm(re.sub(r"^\s*(?:#+|\*\*|(?:section|part)\s+\w+\s*[:.\-–—]?|\d{1,2}[.)])\s*", "", line))
     return bool(n) and any(n == _norm(t) or (len(n) > 8 and n in _norm(t)) for t in titles)
 
 

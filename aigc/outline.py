@@ -49,9 +49,17 @@ def clean_title(raw: str) -> str:
     return re.sub(r"\s+", " ", t)
 
 
+_CHATTER = re.compile(
+    r"^(?:here(?:'s| is| are)|sure|certainly|okay|of course|below (?:is|are)|the following|i hope|let me)\b"
+    r"|\b(?:outline|section titles?)\s+(?:for|of|about)\b",
+    re.I,
+)
+
+
 def _is_title(t: str) -> bool:
     words = t.split()
-    return bool(words) and len(words) <= MAX_TITLE_WORDS and len(t) <= MAX_TITLE_CHARS and any(c.isalpha() for c in t)
+    return (bool(words) and len(words) <= MAX_TITLE_WORDS and len(t) <= MAX_TITLE_CHARS
+            and any(c.isalpha() for c in t) and not _CHATTER.search(t))
 
 
 def parse_outline(text: str) -> list[str]:

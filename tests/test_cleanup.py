@@ -70,3 +70,10 @@ def test_title_like_lines_standing_alone_are_dropped():
             "The impact of urban heat islands is a pressing concern.\n\nWhat Comes Next\n\nCities plant trees.")
     assert clean_section(text, title="The Impact") == "The impact of urban heat islands is a pressing concern.\n\nCities plant trees."
     assert clean_section("The Unsustainable Future of Urban Heat Insulation", title="x") == ""
+
+
+def test_section_echo_without_colon_and_assistant_chatter():
+    # seen from the embedded model behind `transformers serve` (chat endpoint, no prefill)
+    assert clean_section("Section 1 Impact of Heat on Buildings\n\nWalls store heat.", title="Impact of Heat on Buildings") == "Walls store heat."
+    text = "The article has a clear structure. I'm ready to begin. Please go ahead and begin by writing a section."
+    assert clean_section(text, title="x") == "The article has a clear structure."

@@ -102,3 +102,12 @@ def test_numbered_title_prefixes_and_stray_quotes_from_the_openai_path():
         "The Impact of Urban Heat Insulation on Energy Efficiency",
         "The Future of Urban Heat Insulation: A New Era of Sustainability",
     ]
+
+
+def test_chatter_before_the_list_is_not_a_title():
+    assert parse_outline(SAMPLES[7]) == [
+        "Impact of Urban Heat Island on Buildings",
+        "Suffer in the Heat: How Urban Heat Island Affects Buildings",
+        "Cooling the city",
+    ]
+    assert parse_outline('Here is the outline for a short article about "Heat\nA\nB') == ["A", "B"]
