@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.backends.base import Backend, Completion, GenerationRequest
+from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options
 from aigc.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
@@ -122,16 +122,7 @@ class LocalBackend(Backend):
     @classmethod
     def from_options(cls, **kwargs: Any) -> "LocalBackend":
         """Build from keyword options, validated by :class:`LocalOptions`."""
-        try:
-            options = LocalOptions(**kwargs)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "options"
-            if err["type"] == "extra_forbidden":
-                known = ", ".join(LocalOptions.model_fields)
-                raise ConfigError(f"local backend: unknown option {field!r}; known options: {known}") from None
-            raise ConfigError(f"local backend: option {field!r}: {err['msg']}") from None
-        return cls(options)
+        return cls(parse_options(LocalOptions, kwargs, "local"))
 
     # -- identity -------------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, ClassVar, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.backends.base import Backend, Completion, GenerationRequest
+from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,7 @@ class OpenAIBackend(Backend):
     @classmethod
     def from_options(cls, **options: Any) -> "OpenAIBackend":
         """Build from keyword options; an unknown or invalid option is a ConfigError naming it."""
-        try:
-            return cls(OpenAIOptions(**options))
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "options"
-            if first["type"] == "extra_forbidden":
-                known = ", ".join(OpenAIOptions.model_fields)
-                raise ConfigError(f"openai backend: unknown option {field!r}; known options: {known}") from None
-            raise ConfigError(f"openai backend: option {field!r}: {first['msg']}") from None
+        return cls(parse_options(OpenAIOptions, options, "openai"))
 
     @property
     def model_id(self) -> str:
