@@ -382,4 +382,9 @@ def render_index(name: str, rows: list[dict[str, Any]], *, link_ext: str = "md",
         cells = [r["index"], _cell(r["topic"]), r["style"], f"**{r['status']}**" if r["status"] == "failed" else r["status"],
                  r.get("words", ""), f"{r.get('seconds', 0):.1f}", link, *(_cell(evaluation.get(m)) for m in metrics)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    scored = [{**r["evaluation"], "name": r.get("slug") or r["topic"]} for r in rows if r.get("evaluation")]
+    if scored:
+        from aigc.evaluate import format_table
+
+        lines += ["", "## Evaluation", "", "Per article, then the mean over the batch.", "", format_table(scored).rstrip()]
     return "\n".join(lines) + "\n"

@@ -127,6 +127,8 @@ def test_index_lists_every_item_with_evaluation_columns():
     ]
     text = render_index("nightly", rows, link_ext="html")
     assert "| # | topic | style | status | words | seconds | link | length_score |" in text
+    # the evaluation table per article, with the batch's means
+    assert "## Evaluation" in text and "| a-pipe | 230 |" in text and "| mean of 1 | 230 |" in text
     assert "| 1 | A \\| pipe | report | written | 230 | 12.3 | [a-pipe](a-pipe/article.html) | 0.91 |" in text
     assert "| 2 | B | article | **failed** |  | 0.5 | openai: cannot connect |  |" in text
     assert "2 items: 1 failed, 1 written" in text
