@@ -39,7 +39,7 @@ def _read_outline(value: str | None) -> tuple[str, ...] | None:
     return tuple(given_outline(text.splitlines(), source=source))
 
 
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``-o KEY=VALUE`` pairs; VALUE is read as JSON when it parses (true, 8, 0.5), else as text."""
     import json
 
@@ -79,7 +79,7 @@ def quiet_tracebacks() -> None:
 def backend_options(backend: str, model: str | None, base_url: str | None, api_key_env: str | None,
                     concurrency: int | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Backend options from CLI flags; only those given are set."""
-    options: dict[str, Any] = parse_options(extra)
+    options: dict[str, Any] = parse_option_pairs(extra)
     if model:
         options["model"] = model
     if base_url:

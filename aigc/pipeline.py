@@ -69,9 +69,7 @@ def assemble_article(
     backend_info: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """Markdown, HTML and the JSON record of an article (nothing written yet)."""
-    import json
-
+    """Markdown, HTML and the record of an article (nothing written yet; the JSON file is made on saving)."""
     started = time.perf_counter()
     templates = template_info(spec, store)
     key = inputs_key(spec, {k: v["sha256"] for k, v in templates.items()}, backend_info.get("model", ""))
@@ -87,35 +85,27 @@ def assemble_article(
         "slug": slugify(spec.topic),
         "inputs_key": key,
         "record": record,
-        "files": {
-            "article.md": md,
-            "article.html": html,
-            "article.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n",
-        },
+        "files": {"article.md": md, "article.html": html},
     }
 
 
 def evaluate_article_files(article: dict[str, Any]) -> dict[str, Any]:
-    """Add the cheap metrics (length score, outline coverage, repetition) to the record and its JSON file."""
-    import json
-
+    """Add the cheap metrics (length score, outline coverage, repetition) to the article's record."""
     from aigc.evaluate import evaluate_article
 
-    record = dict(article["record"])
-    record["evaluation"] = evaluate_article(article["files"]["article.md"], record, cheap=True)
-    files = {**article["files"], "article.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
-    return {**article, "record": record, "files": files}
+    record = {**article["record"], "evaluation": evaluate_article(article["files"]["article.md"], article["record"])}
+    return {**article, "record": record}
 
 
 def save_article(article: dict[str, Any], root: Path | None = None, *, overwrite: bool = False) -> ArticleResult:
-    """Write the article's files under ``root`` (``outputs/`` by default)."""
+    """Write the article's Markdown, HTML and JSON record under ``root`` (``outputs/`` by default)."""
+    import json
+
     root = Path(root) if root is not None else outputs_dir()
-    folder, status = write_article_files(
-        root, article["slug"], article["files"], inputs_key=article["inputs_key"], overwrite=overwrite
-    )
-    return ArticleResult(
-        folder=folder, status=status, record=article["record"], files={n: folder / n for n in article["files"]}
-    )
+    files = {**article["files"], "article.json": json.dumps(article["record"], indent=2, ensure_ascii=False) + "\n"}
+    folder, status = write_article_files(root, article["slug"], files, inputs_key=article["inputs_key"],
+                                         overwrite=overwrite)
+    return ArticleResult(folder=folder, status=status, record=article["record"], files={n: folder / n for n in files})
 
 
 def write_article(
