@@ -97,7 +97,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     body = "\n\n".join(p for p in paragraphs if p)
     if truncated or (body and not _SENTENCE_END.search(body[-3:] + " ")):
         body = trim_to_sentence(body)
-    return _capitalize(body.strip())
+    return body.strip()  # each paragraph already starts with a capital (_balance_quotes)
 
 
 def _capitalize(text: str) -> str:
@@ -116,9 +116,8 @@ def _balance_quotes(paragraph: str) -> str:
             p = p[:-1].rstrip()
     if p.startswith('"') and p.endswith('"') and p.count('"') == 2:
         p = p[1:-1].strip()
-    for left, right in (("“", "”"),):
-        if p.startswith(left) and p.count(left) == 1 and p.count(right) in (0, 1) and (p.endswith(right) or p.count(right) == 0):
-            p = p[1:].rstrip(right).strip()
+    if p.startswith("“") and p.count("“") == 1 and (p.count("”") == 0 or (p.count("”") == 1 and p.endswith("”"))):
+        p = p[1:].rstrip("”").strip()
     return _capitalize(p)
 
 
@@ -158,7 +157,7 @@ def fit_length(text: str, target: int, *, slack: float = 0.25) -> str:
         return text
     paragraphs = text.split("\n\n")
     best, best_gap, count, kept = text, None, 0, []
-    for p_index, para in enumerate(paragraphs):
+    for para in paragraphs:
         sentences = split_sentences(para)
         for s_index, sentence in enumerate(sentences):
             count += words(sentence)

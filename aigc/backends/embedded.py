@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -47,8 +48,6 @@ def converted_folder() -> Path:
 
 def is_converted() -> bool:
     """Whether a complete converted copy of the current conversion version is in the cache."""
-    import json
-
     folder = converted_folder()
     try:
         marker = json.loads((folder / _MARKER).read_text())
@@ -89,8 +88,6 @@ def convert_gguf(dest: Path) -> None:
     model.generation_config = generation
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    import json
-
     (dest / _MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": GGUF_FILE}) + "\n")
 
 
