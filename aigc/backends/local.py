@@ -17,8 +17,8 @@ from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
-#: Loaded models shared by every LocalBackend of this process: (path, device, dtype) -> (model, tokenizer, lock).
-_MODELS: dict[tuple[str, str, str], tuple[Any, Any, threading.Lock]] = {}
+#: Loaded models shared by every LocalBackend of this process: (path, device, dtype, kernels) -> (model, tokenizer, lock).
+_MODELS: dict[tuple[str, str, str, str], tuple[Any, Any, threading.Lock, str]] = {}
 _MODELS_LOCK = threading.Lock()
 
 _BATCH_CAP = {"cpu": 16, "cuda": 64}
@@ -39,6 +39,8 @@ class LocalOptions(BaseModel):
     top_k: int = Field(50, ge=0)
     repetition_penalty: float = Field(1.15, gt=0.0)
     no_repeat_ngram_size: int = Field(0, ge=0)
+    #: CPU, float32: reorder linear weights once into oneDNN's layout (same results, faster batches).
+    prepack: bool = True
 
 
 def _torch():
@@ -112,11 +114,11 @@ class LocalBackend(Backend):
         self.options = options or LocalOptions()
         if (model is None) != (tokenizer is None):
             raise ConfigError("LocalBackend: pass both 'model' and 'tokenizer', or neither")
-        self._loaded: tuple[Any, Any, threading.Lock] | None = None
+        self._loaded: tuple[Any, Any, threading.Lock, str] | None = None
         self._given = model
         if model is not None:
             _prepare_tokenizer(tokenizer)
-            self._loaded = (model.eval(), tokenizer, threading.Lock())
+            self._loaded = (model.eval(), tokenizer, threading.Lock(), "default")
         self._batch_size: int | None = self.options.max_batch_size
 
     @classmethod
@@ -151,12 +153,20 @@ class LocalBackend(Backend):
             return self.options.dtype
         return "bfloat16" if self._device().startswith("cuda") else "float32"
 
+    def _kernels(self, device: str, dtype: str) -> str:
+        """How the linear layers run: "onednn-packed" (CPU float32, see :mod:`aigc.backends.fastpath`) or "default"."""
+        if device != "cpu" or self._given is not None:
+            return "default"
+        return "onednn-packed" if self.options.prepack and dtype == "float32" else "default"
+
     def describe(self) -> dict:
-        """Backend, model, device, dtype and batch size (``"auto"`` until the model is loaded)."""
+        """Backend, model, device, dtype, linear kernels and batch size (``"auto"`` until the model is loaded)."""
+        device, dtype = self._device(), self._dtype()
         return {
             **super().describe(),
-            "device": self._device(),
-            "dtype": self._dtype(),
+            "device": device,
+            "dtype": dtype,
+            "kernels": self._loaded[3] if self._loaded is not None else self._kernels(device, dtype),
             "max_batch_size": self._batch_size or "auto",
         }
 
@@ -181,16 +191,16 @@ class LocalBackend(Backend):
         """Load (once per process) and return ``(model, tokenizer)``."""
         if self._loaded is None:
             path, device, dtype = self._model_path(), self._device(), self._dtype()
-            key = (path, device, dtype)
+            key = (path, device, dtype, self._kernels(device, dtype))
             with _MODELS_LOCK:
                 if key not in _MODELS:
-                    _MODELS[key] = self._load_fresh(path, device, dtype)
+                    _MODELS[key] = self._load_fresh(*key)
                 self._loaded = _MODELS[key]
         if self._batch_size is None:
             self._batch_size = self._auto_batch_size()
         return self._loaded[0], self._loaded[1]
 
-    def _load_fresh(self, path: str, device: str, dtype: str) -> tuple[Any, Any, threading.Lock]:
+    def _load_fresh(self, path: str, device: str, dtype: str, kernels: str) -> tuple[Any, Any, threading.Lock, str]:
         torch, transformers = _torch()
         if device == "cpu":
             torch.set_num_threads(self.options.threads or os.cpu_count() or 1)
@@ -212,9 +222,21 @@ class LocalBackend(Backend):
                 retryable=False,
             ) from exc
         model.eval()
+        kernels = self._speed_up(model, kernels)
         _prepare_tokenizer(tokenizer)
-        log.info("Loaded local model %s on %s (%s) in %.1f s", path, device, dtype, time.perf_counter() - start)
-        return model, tokenizer, threading.Lock()
+        log.info("Loaded local model %s on %s (%s, %s kernels) in %.1f s", path, device, dtype, kernels,
+                 time.perf_counter() - start)
+        return model, tokenizer, threading.Lock(), kernels
+
+    def _speed_up(self, model: Any, kernels: str) -> str:
+        """Apply the CPU fast path chosen by :meth:`_kernels`; return what was really applied."""
+        from aigc.backends import fastpath
+
+        if kernels == "onednn-packed":
+            rows = min(self.options.max_batch_size or _BATCH_CAP["cpu"], _BATCH_CAP["cpu"])
+            if not fastpath.pack_linears(model, rows):
+                return "default"
+        return kernels
 
     def _auto_batch_size(self) -> int:
         torch, _ = _torch()
@@ -291,16 +313,22 @@ class LocalBackend(Backend):
         eos_ids.discard(None)
         settings: dict[str, Any] = dict(
             max_new_tokens=max_new,
-            do_sample=req.temperature > 0,
+            do_sample=False,  # sampling is done by the top-k/top-p processor below; generate() takes its pick
+            temperature=1.0,  # neutral, so that a model's generation_config.json adds no warper of its own
+            top_p=1.0,
+            top_k=50,
             repetition_penalty=self.options.repetition_penalty,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids),
         )
-        if req.temperature > 0:
-            settings.update(temperature=req.temperature, top_p=req.top_p, top_k=self.options.top_k)
         if self.options.no_repeat_ngram_size:
             settings["no_repeat_ngram_size"] = self.options.no_repeat_ngram_size
-        extra: dict[str, Any] = {}
+        processors = transformers.LogitsProcessorList()
+        if req.temperature > 0:
+            from aigc.backends.fastpath import top_k_top_p_sampler
+
+            processors.append(top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p))
+        extra: dict[str, Any] = {"logits_processor": processors}
         if req.stop:
             settings["stop_strings"] = list(req.stop)
             extra["tokenizer"] = tokenizer
@@ -364,8 +392,8 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def loaded_models() -> list[tuple[str, str, str]]:
-    """Keys (path, device, dtype) of the models loaded in this process."""
+def loaded_models() -> list[tuple[str, str, str, str]]:
+    """Keys (path, device, dtype, kernels) of the models loaded in this process."""
     return list(_MODELS)
 
 
