@@ -90,6 +90,84 @@ def test_same_seed_repeats_and_other_seed_differs(backend):
     assert sampled(8) != first
 
 
+def test_a_seeded_request_samples_alike_whatever_shares_its_call(backend):
+    """Seeds are per row: a section samples the same alone or batched with another article's sections."""
+    def req(prompt: str, seed: int) -> GenerationRequest:
+        return GenerationRequest(prompt=prompt, max_new_tokens=10, temperature=1.5, top_p=0.95, seed=seed)
+
+    alone = [backend.generate([req(PROMPTS[0], 1)])[0].text, backend.generate([req(PROMPTS[1], 2)])[0].text]
+    together = [c.text for c in backend.generate([req(PROMPTS[0], 1), req(PROMPTS[1], 2)])]
+    assert together == alone
+
+
+def test_concurrent_callers_share_generate_calls(backend, monkeypatch, caplog):
+    """Two threads (two articles of a batch) calling at once are served by one merged run, each with its own results."""
+    import threading
+
+    expected = [backend.generate([greedy(p, 6)])[0].text for p in PROMPTS[:2]]
+    batcher = backend._loaded[2]
+    runs: list[int] = []
+    real = backend._run_all
+    monkeypatch.setattr(backend, "_run_all", lambda m, t, work: runs.append(len(work)) or real(m, t, work))
+    results: dict[int, str] = {}
+
+    def article(i: int) -> None:
+        results[i] = backend.generate([greedy(PROMPTS[i], 6)])[0].text
+
+    threads = [threading.Thread(target=article, args=(i,)) for i in range(2)]
+    batcher.seen.clear()
+    for t in threads:  # each "article" has used the model before (its outline), so the leader waits for the other
+        t.start()
+        t.join()
+    runs.clear()
+    with caplog.at_level("INFO", logger="aigc.backends.local"):
+        threads = [threading.Thread(target=article, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert runs == [2], "both callers' requests went into one run"
+    assert [results[0], results[1]] == expected
+    assert "generating for 2 callers together" in caplog.text
+
+
+def test_batcher_errors_reach_every_merged_caller_and_a_missing_caller_only_costs_the_gather_window():
+    import threading
+    import time
+
+    from aigc.backends.local import _Batcher
+
+    batcher = _Batcher(gather_s=0.3)
+    batcher.seen = {-1: time.monotonic()}  # another thread used the model recently but will not call now
+    started = time.monotonic()
+    assert batcher.run([1, 2], lambda work: [w * 10 for w in work]) == [10, 20]
+    assert 0.25 <= time.monotonic() - started < 5
+
+    batcher = _Batcher(gather_s=5.0)
+    errors: list[BaseException] = []
+    gate = threading.Event()
+
+    def failing(work):
+        gate.wait(5)
+        raise RuntimeError("model exploded")
+
+    def caller():
+        try:
+            batcher.run(["x"], failing)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 3 and all("exploded" in str(e) for e in errors)
+    assert not batcher.busy and not batcher.pending
+
+
 def test_greedy_batched_equals_one_at_a_time(backend):
     batched = backend.generate([greedy(p, 10) for p in PROMPTS])
     single = [backend.generate([greedy(p, 10)])[0] for p in PROMPTS]
@@ -176,7 +254,7 @@ def test_embedded_model_id_without_loading():
     backend = LocalBackend.from_options()
     assert backend.model_id == "SmolLM2-135M-Instruct"
     assert LocalBackend.supports_chat and LocalBackend.supports_batching
-    assert LocalBackend.max_concurrent_articles == 1
+    assert LocalBackend.max_concurrent_articles == 2
 
 
 @pytest.mark.slow

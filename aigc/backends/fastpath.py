@@ -11,7 +11,7 @@ work.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def pack_linears(model: Any, rows_hint: int) -> int:
         model, lambda lin: cls(lin, rows_hint) if lin.weight.dtype == torch.float32 and lin.weight.device.type == "cpu" else lin)
 
 
-def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float):
+def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float, generators: Sequence[Any] | None = None):
     """A logits processor that draws the next token itself: temperature, then top-k, then top-p among those k.
+
+    ``generators``: one ``torch.Generator`` (or None: the global one) per row, so that each row's draws
+    depend on its own seed only, not on the rows it shares the batch with.
 
     It returns scores that are ``-inf`` except at the drawn token, so ``generate()`` must run with
     ``do_sample=False`` (its argmax then picks that token). The distribution is the one Hugging Face's
@@ -100,7 +103,12 @@ def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float):
             if top_p < 1.0:
                 before = probs.cumsum(dim=-1) - probs  # mass of the candidates ranked above each one
                 probs = probs.masked_fill(before >= top_p, 0.0)  # keeps the smallest set reaching top_p
-            choice = indices.gather(-1, torch.multinomial(probs, 1))
+            if generators is None or not any(g is not None for g in generators):
+                picks = torch.multinomial(probs, 1)
+            else:
+                picks = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=generators[i])
+                                   for i in range(probs.shape[0])])
+            choice = indices.gather(-1, picks)
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(-1, choice, 0.0)
 
