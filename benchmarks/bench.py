@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ["local", "sweep", "start", "flow", "api"]
+SECTIONS = ["local", "sweep", "nightly", "start", "flow", "api"]
 OPTIONAL = ["serve", "llamacpp"]
 TITLES = [
     "What an urban heat island is", "How cities trap heat", "Measuring the effect", "Health risks",
@@ -111,25 +111,71 @@ def measure(configs: dict, reps: int) -> dict:
                    "tokens": med([r["tokens"] for r in rs]), "runs": rs} for name, rs in runs.items()}
 
 
+class PlainGenerate:
+    """The baseline every peer uses: the same model as plain transformers (nn.Linear, fp32) and ``generate(do_sample=True)``.
+
+    Same prompts (aigc's chat formatting and prefill), same settings: temperature, top_p, top_k 50,
+    repetition_penalty 1.15; several requests share one left-padded ``generate()`` call.
+    """
+
+    def __init__(self):
+        import torch
+        import transformers
+
+        from aigc.backends.embedded import ensure_converted
+        from aigc.backends.local import LocalBackend, _prepare_tokenizer
+
+        path = ensure_converted()
+        self.torch = torch
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        _prepare_tokenizer(self.tokenizer)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.prompt_ids = LocalBackend()._prompt_ids  # the backend's own prompt formatting (no model is loaded)
+
+    def generate(self, requests) -> list:
+        from types import SimpleNamespace
+
+        torch, tok = self.torch, self.tokenizer
+        ids = [self.prompt_ids(tok, r) for r in requests]
+        width, r = max(map(len, ids)), requests[0]
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+        torch.manual_seed(r.seed or 0)
+        sampling = dict(do_sample=True, temperature=r.temperature, top_p=r.top_p, top_k=50) if r.temperature > 0 else dict(
+            do_sample=False, temperature=1.0, top_p=1.0)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=r.max_new_tokens,
+                                      repetition_penalty=1.15, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
+        done = []
+        for row in out[:, width:].tolist():
+            n = next((k for k, t in enumerate(row) if t in (tok.eos_token_id, pad)), len(row))
+            done.append(SimpleNamespace(completion_tokens=n))
+        return done
+
+
 def bench_local(ctx: dict) -> dict:
-    """One generate() per section vs aigc's batched path, 8 sections."""
+    """One plain generate() per section (every peer's baseline) vs aigc's batched path, 8 sections."""
     n, new = 8, ctx["new_tokens"]
-    backend = local_backend()  # aigc's defaults: auto batch size, auto dtype
+    backend = local_backend()  # aigc's defaults: auto batch size, auto dtype, CPU fast path
+    plain = PlainGenerate()
     warm(backend)
+    warm(plain)
     say(f"local: 8 sections x {new} new tokens, sampled, {backend.describe()}")
     requests = section_set(n, new)
-    res = measure({"one generate() per section": (backend, requests, True),
+    base_name = "plain generate(), one per section (baseline)"
+    res = measure({base_name: (plain, requests, True),
+                   "plain generate(), all 8 in one batch": (plain, requests, False),
                    "aigc batched (one call)": (backend, requests, False)}, ctx["reps"])
-    base, batched = res["one generate() per section"], res["aigc batched (one call)"]
+    base, batched = res[base_name], res["aigc batched (one call)"]
     ratio = batched["tps"] / base["tps"]
-    ctx["shared"]["fp32 sampled b1"] = base
     ctx["shared"]["fp32 sampled b8"] = batched
     import torch
-    return {"title": "1. Section expansion, 8 sections, local backend (embedded SmolLM2-135M)",
+    return {"title": "1. Section expansion, 8 sections (embedded SmolLM2-135M): plain transformers vs aigc's local backend",
             "settings": {"new_tokens": new, "sections": n, "decoding": "temperature 0.7, top_p 0.9, top_k 50, "
                          "repetition_penalty 1.15", "backend": backend.describe(), "torch_threads": torch.get_num_threads()},
             "rows": [{"path": k, "new tokens": v["tokens"], "seconds": v["seconds"], "tokens/s": v["tps"],
-                      "ratio": v["tps"] / base["tps"]} for k, v in res.items()],
+                      "ratio to baseline": v["tps"] / base["tps"]} for k, v in res.items()],
             "raw": res, "targets": [target("batch 8 >= 4x one generate() per section", ratio, 4.0, higher=True)]}
 
 
@@ -144,10 +190,8 @@ def bench_sweep(ctx: dict) -> dict:
         rows_def.append((name, "float32", "sampled", b, n))
         if name not in ctx["shared"]:
             configs[name] = (local_backend(b, "float32"), section_set(n, new), False)
-    for name, dtype, mode, b, n in [("bf16 sampled b1", "bfloat16", "sampled", 1, ctx["b1_requests"]),
-                                    (f"bf16 sampled b{big}", "bfloat16", "sampled", big, big),
-                                    (f"fp32 greedy b{big}", "float32", "greedy", big, big),
-                                    (f"bf16 greedy b{big}", "bfloat16", "greedy", big, big)]:
+    for name, dtype, mode, b, n in [(f"bf16 sampled b{big}", "bfloat16", "sampled", big, big),
+                                    (f"fp32 greedy b{big}", "float32", "greedy", big, big)]:
         rows_def.append((name, dtype, mode, b, n))
         configs[name] = (local_backend(b, dtype), section_set(n, new, greedy=mode == "greedy"), False)
     for backend, _, _ in configs.values():
@@ -169,9 +213,63 @@ def bench_sweep(ctx: dict) -> dict:
             ref, src = ctx["llamacpp_b16"], "measured in this run"
         out["targets"].append(target(f"batch 16 sampled >= 2x llama.cpp ({ref:.1f} tokens/s, {src})",
                                      res["fp32 sampled b16"]["tps"] / ref, 2.0, higher=True))
-    if 8 in sizes:
-        out["targets"].append(target("batch 8 >= 4x batch 1", res["fp32 sampled b8"]["tps"] / b1, 4.0, higher=True))
+    if 8 in sizes and 16 in sizes:  # section_set(16) is two articles' sections: what a nightly batch could share
+        gain = res["fp32 sampled b16"]["tps"] / res["fp32 sampled b8"]["tps"]
+        out["note"] = (f"Two articles' 16 sections in one call (batch 16) vs one article's 8 (batch 8): {gain:.2f}x the "
+                       "tokens/s, the gain a nightly batch gets from sharing generate() calls across articles.")
+        out["cross_article_gain"] = gain
     return out
+
+
+def bench_nightly(ctx: dict) -> dict:
+    """Two articles of a batch (fixed outlines), one after the other vs side by side sharing generate() calls (as `aigc batch`)."""
+    import threading
+
+    from aigc import pipeline
+    from aigc.spec import ArticleSpec
+
+    backend = local_backend()
+    warm(backend)
+    n, words = ctx["nightly_sections"], ctx["nightly_words"]
+    tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-nightly-"))
+    say(f"nightly: 2 articles x {n} sections, {words} words each: sequential vs side by side (shared calls)")
+    runs: dict[str, list] = {"one article at a time": [], "two side by side, shared generate() calls": []}
+    try:
+        for rep in range(ctx["reps"]):
+            specs = [ArticleSpec(topic=TOPICS[(2 * rep + k) % len(TOPICS)], sections=n, words=words, seed=300 + k,
+                                 outline=tuple(TITLES[:n])) for k in range(2)]  # a fixed outline: sections only
+            words_out: dict[str, int] = {}
+
+            def write(spec, root):
+                res = pipeline.write_article(spec, backend=backend, root=root, evaluate=False)
+                words_out[f"{root.name}/{spec.topic}"] = res.record.get("body_words") or 0
+
+            def sequential():
+                for spec in specs:
+                    write(spec, tmp / f"seq{rep}")
+
+            def shared():
+                threads = [threading.Thread(target=write, args=(spec, tmp / f"par{rep}")) for spec in specs]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+
+            order = [("one article at a time", sequential), ("two side by side, shared generate() calls", shared)]
+            for name, fn in (order if rep % 2 == 0 else order[::-1]):
+                time.sleep(backend._loaded[2].active_s)  # the other mode's threads no longer count as active
+                started = time.perf_counter()
+                fn()
+                runs[name].append(time.perf_counter() - started)
+                say(f"  rep {rep + 1} {name}: {runs[name][-1]:.1f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seq, par = med(runs["one article at a time"]), med(runs["two side by side, shared generate() calls"])
+    return {"title": "2b. A nightly batch: two articles one after the other vs side by side (local backend, direct steps)",
+            "settings": {"sections": n, "words": words, "backend": backend.describe()},
+            "rows": [{"mode": k, "seconds": med(v), "speed-up": seq / med(v)} for k, v in runs.items()],
+            "raw": runs, "targets": [],
+            "note": f"Side by side, the two articles' outlines and sections share generate() calls: {seq / par:.2f}x faster."}
 
 
 # -- model start ---------------------------------------------------------------------------------
@@ -182,9 +280,13 @@ t0 = time.perf_counter()
 import torch, transformers
 from aigc.backends.local import LocalBackend, LocalOptions
 t1 = time.perf_counter()
-LocalBackend(LocalOptions(threads=THREADS)).load()
+# the modules transformers imports lazily on first use for this model (Llama classes, fast tokenizer)
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.generation import utils as _generation
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "threads": torch.get_num_threads()}))
+LocalBackend(LocalOptions(threads=THREADS)).load()
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "lazy_import": t2 - t1, "load": t3 - t2, "threads": torch.get_num_threads()}))
 """
 
 
@@ -204,19 +306,27 @@ def bench_start(ctx: dict) -> dict:
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
         wall = time.perf_counter() - started
         d = json.loads(out.stdout.strip().splitlines()[-1])
-        fresh.append({"process": wall, "import+load": d["import"] + d["load"], "load": d["load"], "import": d["import"]})
-        say(f"  rep {rep + 1} fresh process: {wall:.2f} s wall, import {d['import']:.2f} s, load {d['load']:.2f} s")
+        fresh.append({"process": wall, "import+load": d["import"] + d["lazy_import"] + d["load"], "load": d["load"],
+                      "import": d["import"], "lazy_import": d["lazy_import"]})
+        say(f"  rep {rep + 1} fresh process: {wall:.2f} s wall, import {d['import']:.2f} s, transformers' lazy imports "
+            f"{d['lazy_import']:.2f} s, load {d['load']:.2f} s")
     f = {k: med([x[k] for x in fresh]) for k in fresh[0]}
     c = med(conv)
     rows = [{"step": "GGUF -> safetensors conversion (convert_gguf, in process)", "seconds": c, "ratio to conversion": 1.0},
             {"step": "cached copy, fresh process: whole process (python start + imports + load)", "seconds": f["process"],
              "ratio to conversion": f["process"] / c},
-            {"step": "cached copy: import torch+transformers+aigc, then LocalBackend().load()", "seconds": f["import+load"],
-             "ratio to conversion": f["import+load"] / c},
-            {"step": "cached copy: LocalBackend().load() only", "seconds": f["load"], "ratio to conversion": f["load"] / c}]
+            {"step": "cached copy: imports (torch, transformers, aigc, the model's classes), then LocalBackend().load()",
+             "seconds": f["import+load"], "ratio to conversion": f["import+load"] / c},
+            {"step": "  of which: import torch, transformers, aigc", "seconds": f["import"], "ratio to conversion": f["import"] / c},
+            {"step": "  of which: transformers' lazy imports of the Llama and tokenizer classes", "seconds": f["lazy_import"],
+             "ratio to conversion": f["lazy_import"] / c},
+            {"step": "  of which: LocalBackend().load() (read weights, build, pack for oneDNN)", "seconds": f["load"],
+             "ratio to conversion": f["load"] / c}]
     return {"title": "3. Model start: GGUF conversion vs the cached safetensors copy", "rows": rows,
             "raw": {"conversion": conv, "fresh": fresh},
-            "targets": [target("warm model start (import + load) < 2 s", f["import+load"], 2.0, higher=False, unit=" s"),
+            "targets": [target("warm model start (load of the cached copy, imports done) < 2 s", f["load"], 2.0, higher=False,
+                               unit=" s"),
+                        target("warm model start (imports + load) < 2 s", f["import+load"], 2.0, higher=False, unit=" s"),
                         target("warm model start (whole fresh process) < 2 s", f["process"], 2.0, higher=False, unit=" s")]}
 
 
@@ -441,31 +551,43 @@ def bench_serve(ctx: dict) -> dict:
 
 
 def bench_llamacpp(ctx: dict) -> dict:
-    title = "7. llama.cpp (llama-cpp-python) on the same GGUF"
+    title = "7. llama.cpp (llama-cpp-python) on the same GGUF, sequences decoded in parallel"
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         return {"title": title, "rows": [], "targets": [],
                 "note": "llama-cpp-python is not installed, so it was not measured. Build it (about 7 minutes) with "
                         "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
                         "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" pip install llama-cpp-python"}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llamacpp_batched import chat_prompt_ids, make_llm, run_batched
+
     from aigc.backends.embedded import GGUF_FILE, gguf_folder
 
-    llm = Llama(model_path=str(gguf_folder() / GGUF_FILE), n_ctx=2048, n_threads=os.cpu_count(), verbose=False, seed=7)
-    requests, runs = section_set(8, ctx["new_tokens"]), []
+    sizes = sorted({1, *ctx["batches"]} & {1, 4, 8, 16})
+    new = ctx["new_tokens"]
+    llm = make_llm(gguf_folder() / GGUF_FILE, n_ctx_per_seq=512, max_batch=max(sizes), threads=THREADS)
+    prompts = [chat_prompt_ids(llm, [m.model_dump() for m in r.without_prefill().messages])
+               for r in section_set(16, new)]
+    run_batched(llm, prompts[:2], 4, 2)  # warm-up
+    runs: dict[int, list] = {b: [] for b in sizes}
     for rep in range(ctx["reps"]):
-        started, tokens = time.perf_counter(), 0
-        for r in requests:
-            out = llm.create_chat_completion(
-                messages=[m.model_dump() for m in r.without_prefill().messages], max_tokens=r.max_new_tokens,
-                temperature=0.7, top_p=0.9, top_k=50, repeat_penalty=1.15)
-            tokens += out["usage"]["completion_tokens"]
-        runs.append(tokens / (time.perf_counter() - started))
-        say(f"  rep {rep + 1} llama.cpp batch 1 x8: {runs[-1]:.1f} tokens/s")
-    ctx["llamacpp_b16"] = med(runs)  # the high-level API decodes one sequence at a time
-    return {"title": title, "rows": [{"path": "batch 1 x8 (the high-level API runs one sequence at a time)",
-                                      "tokens/s": med(runs)}], "raw": runs, "targets": [],
-            "note": "llama-cpp-python's Llama API has no parallel sequences; its batch-1 figure stands in for batch 16."}
+        for b in sizes:
+            chunk = prompts[: (ctx["b1_requests"] if b == 1 else max(b, 8))]
+            r = run_batched(llm, chunk, new, b, temperature=0.7, top_p=0.9, top_k=50, repeat_penalty=1.15)
+            runs[b].append({"tokens": r["tokens"], "seconds": r["seconds"], "tps": r["tokens"] / r["seconds"]})
+            say(f"  rep {rep + 1} llama.cpp batch {b}: {r['tokens']} tokens in {r['seconds']:.1f} s = "
+                f"{runs[b][-1]['tps']:.1f} tokens/s")
+    tps = {b: med([x["tps"] for x in rs]) for b, rs in runs.items()}
+    if 16 in tps:
+        ctx["llamacpp_b16"] = tps[16]
+    return {"title": title, "settings": {"quantization": "Q4_1 (the embedded GGUF)", "threads": THREADS or os.cpu_count(),
+                                         "sampler": "penalties 1.15, top-k 50, top-p 0.9, temperature 0.7, per sequence"},
+            "rows": [{"batch": b, "requests": len(prompts[: (ctx["b1_requests"] if b == 1 else max(b, 8))]),
+                      "tokens/s": tps[b], "ratio to batch 1": tps[b] / tps[1]} for b in sizes],
+            "raw": {str(b): rs for b, rs in runs.items()}, "targets": [],
+            "note": "Each sequence has its own seq_id and sampler chain and shares every llama_decode call "
+                    "(benchmarks/llamacpp_batched.py, after llama.cpp's examples/batched)."}
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -530,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     THREADS = args.threads
     ctx = {"reps": 1 if q else args.reps, "new_tokens": args.new_tokens or (16 if q else 128), "b1_requests": 2 if q else 4,
            "batches": [int(b) for b in args.batches.split(",")], "article_sections": 2 if q else 4,
-           "article_words": 60 if q else 240, "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
+           "article_words": 60 if q else 240,
+           "nightly_sections": 2 if q else 8, "nightly_words": 60 if q else 720, "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
     if "flow" in names:
         ctx["prefect"] = prefect_env()
     import prefect
@@ -542,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
                         "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "threads": THREADS or "aigc default", "load_start": load()},
                "sections": {}}
-    funcs = {"local": bench_local, "sweep": bench_sweep, "start": bench_start, "flow": bench_flow, "api": bench_api,
+    funcs = {"local": bench_local, "sweep": bench_sweep, "nightly": bench_nightly, "start": bench_start, "flow": bench_flow, "api": bench_api,
              "serve": bench_serve, "llamacpp": bench_llamacpp}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
