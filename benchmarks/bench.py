@@ -556,6 +556,29 @@ def bench_serve(ctx: dict) -> dict:
             "raw": {str(k): v for k, v in runs.items()}, "targets": []}
 
 
+def _llamacpp_measure(sizes: list[int], new: int, reps: int, b1_requests: int, threads: int | None) -> dict:
+    """llama.cpp at each batch size; runs in a child process (see bench_llamacpp)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llamacpp_batched import chat_prompt_ids, make_llm, run_batched
+
+    from aigc.backends.embedded import GGUF_FILE, gguf_folder
+
+    llm = make_llm(gguf_folder() / GGUF_FILE, n_ctx_per_seq=512, max_batch=max(sizes), threads=threads)
+    prompts = [chat_prompt_ids(llm, [m.model_dump() for m in r.without_prefill().messages])
+               for r in section_set(16, new)]
+    run_batched(llm, prompts[:2], 4, 2)  # warm-up
+    runs: dict[int, list] = {b: [] for b in sizes}
+    for rep in range(reps):
+        for b in sizes:
+            chunk = prompts[: (b1_requests if b == 1 else max(b, 8))]
+            r = run_batched(llm, chunk, new, b, temperature=0.7, top_p=0.9, top_k=50, repeat_penalty=1.15)
+            runs[b].append({"requests": len(chunk), "tokens": r["tokens"], "seconds": r["seconds"],
+                            "tps": r["tokens"] / r["seconds"]})
+            say(f"  rep {rep + 1} llama.cpp batch {b}: {r['tokens']} tokens in {r['seconds']:.1f} s = "
+                f"{runs[b][-1]['tps']:.1f} tokens/s")
+    return runs
+
+
 def bench_llamacpp(ctx: dict) -> dict:
     title = "7. llama.cpp (llama-cpp-python) on the same GGUF, sequences decoded in parallel"
     try:
@@ -565,35 +588,22 @@ def bench_llamacpp(ctx: dict) -> dict:
                 "note": "llama-cpp-python is not installed, so it was not measured. Build it (about 7 minutes) with "
                         "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
                         "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" pip install llama-cpp-python"}
-    sys.path.insert(0, str(Path(__file__).parent))
-    from llamacpp_batched import chat_prompt_ids, make_llm, run_batched
-
-    from aigc.backends.embedded import GGUF_FILE, gguf_folder
+    import multiprocessing
 
     sizes = sorted({1, *ctx["batches"]} & {1, 4, 8, 16})
-    new = ctx["new_tokens"]
-    llm = make_llm(gguf_folder() / GGUF_FILE, n_ctx_per_seq=512, max_batch=max(sizes), threads=THREADS)
-    prompts = [chat_prompt_ids(llm, [m.model_dump() for m in r.without_prefill().messages])
-               for r in section_set(16, new)]
-    run_batched(llm, prompts[:2], 4, 2)  # warm-up
-    runs: dict[int, list] = {b: [] for b in sizes}
-    for rep in range(ctx["reps"]):
-        for b in sizes:
-            chunk = prompts[: (ctx["b1_requests"] if b == 1 else max(b, 8))]
-            r = run_batched(llm, chunk, new, b, temperature=0.7, top_p=0.9, top_k=50, repeat_penalty=1.15)
-            runs[b].append({"tokens": r["tokens"], "seconds": r["seconds"], "tps": r["tokens"] / r["seconds"]})
-            say(f"  rep {rep + 1} llama.cpp batch {b}: {r['tokens']} tokens in {r['seconds']:.1f} s = "
-                f"{runs[b][-1]['tps']:.1f} tokens/s")
+    # In a child process: llama.cpp's threads, once started in this process, slowed torch's decoding 1.5x afterwards.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        runs = pool.apply(_llamacpp_measure, (sizes, ctx["new_tokens"], ctx["reps"], ctx["b1_requests"], THREADS))
     tps = {b: med([x["tps"] for x in rs]) for b, rs in runs.items()}
     if 16 in tps:
         ctx["llamacpp_b16"] = tps[16]
     return {"title": title, "settings": {"quantization": "Q4_1 (the embedded GGUF)", "threads": THREADS or os.cpu_count(),
                                          "sampler": "penalties 1.15, top-k 50, top-p 0.9, temperature 0.7, per sequence"},
-            "rows": [{"batch": b, "requests": len(prompts[: (ctx["b1_requests"] if b == 1 else max(b, 8))]),
-                      "tokens/s": tps[b], "ratio to batch 1": tps[b] / tps[1]} for b in sizes],
+            "rows": [{"batch": b, "requests": runs[b][0]["requests"], "tokens/s": tps[b], "ratio to batch 1": tps[b] / tps[1]}
+                     for b in sizes],
             "raw": {str(b): rs for b, rs in runs.items()}, "targets": [],
             "note": "Each sequence has its own seq_id and sampler chain and shares every llama_decode call "
-                    "(benchmarks/llamacpp_batched.py, after llama.cpp's examples/batched)."}
+                    "(benchmarks/llamacpp_batched.py, after llama.cpp's examples/batched). Measured in a child process."}
 
 
 # -- report --------------------------------------------------------------------------------------
