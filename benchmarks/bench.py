@@ -133,12 +133,6 @@ class PlainGenerate:
         self.prompt_ids = LocalBackend()._prompt_ids  # the backend's own prompt formatting (no model is loaded)
 
     def generate(self, requests) -> list:
-        from aigc.backends.local import _MODEL_THREAD
-
-        # the thread aigc's backend generates on: one OpenMP team for both paths, as in a process with only one
-        return _MODEL_THREAD.call(self._generate, requests)
-
-    def _generate(self, requests) -> list:
         from types import SimpleNamespace
 
         torch, tok = self.torch, self.tokenizer

@@ -51,7 +51,7 @@ def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | Non
 
 
 def _lane_limit(plan: batches.Plan, concurrency: int | None) -> int:
-    """A backend that runs one article at a time stays at 1; others use --concurrency or their own bound (local: 2)."""
+    """A backend that runs one article at a time (a local model) stays at 1; others use --concurrency or their own bound."""
     return 1 if plan.limit <= 1 else (concurrency or plan.limit)
 
 

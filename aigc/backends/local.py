@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import queue
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -111,8 +109,9 @@ class LocalBackend(Backend):
     supports_chat: ClassVar[bool] = True
     supports_batching: ClassVar[bool] = True
     supports_prefill: ClassVar[bool] = True
-    #: Articles of a batch written side by side; their requests share generate() calls (see _Batcher).
-    max_concurrent_articles: ClassVar[int] = 2
+    #: One article at a time in a batch: side by side, two articles' threads each brought an OpenMP team and
+    #: their shared generate() calls ran slower than one article after the other (benchmarks/bench.py nightly).
+    max_concurrent_articles: ClassVar[int] = 1
 
     def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
         self.options = options or LocalOptions()
@@ -198,7 +197,7 @@ class LocalBackend(Backend):
             key = (path, device, dtype, self._kernels(device, dtype))
             with _MODELS_LOCK:
                 if key not in _MODELS:
-                    _MODELS[key] = _MODEL_THREAD.call(self._load_fresh, *key)
+                    _MODELS[key] = self._load_fresh(*key)
                 self._loaded = _MODELS[key]
         if self._batch_size is None:
             self._batch_size = self._auto_batch_size()
@@ -274,8 +273,7 @@ class LocalBackend(Backend):
             return []
         model, tokenizer = self.load()
         ids = [self._prompt_ids(tokenizer, r) for r in requests]
-        return self._loaded[2].run(list(zip(requests, ids)),
-                                   lambda work: _MODEL_THREAD.call(self._run_all, model, tokenizer, work))
+        return self._loaded[2].run(list(zip(requests, ids)), lambda work: self._run_all(model, tokenizer, work))
 
     def _run_all(self, model: Any, tokenizer: Any, work: list[tuple[GenerationRequest, list[int]]]) -> list[Completion]:
         """Completions of ``work`` (request, prompt ids), in order: equal settings share chunks of the batch size, sorted by length.
@@ -389,58 +387,18 @@ def _row_generators(torch: Any, seeds: Sequence[int | None], prompts: Sequence[S
     return gens
 
 
-class _ModelThread:
-    """One long-lived thread that does all torch work of local models: loading and generate().
-
-    Measured here: when generate() ran on whichever thread called it (two batch articles, or a
-    worker thread after the main one), each thread brought its own OpenMP team and decoding was
-    about 25% slower than on one thread. A daemon thread, so Ctrl-C is not held up by a running
-    generate().
-    """
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def call(self, fn, *args):
-        """``fn(*args)`` on the model thread; its result, or its exception raised here."""
-        if threading.current_thread() is self._thread:
-            return fn(*args)
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="aigc-model", daemon=True)
-                self._thread.start()
-        future: Future = Future()
-        self._queue.put((future, fn, args))
-        return future.result()
-
-    def _loop(self) -> None:
-        while True:
-            future, fn, args = self._queue.get()
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
-
-
-_MODEL_THREAD = _ModelThread()
-
-
 class _Batcher:
     """Runs the generate() calls of one loaded model one at a time, merging calls made at the same time.
 
-    In a nightly batch several articles run side by side (``max_concurrent_articles``); their outline
-    and section requests are pooled into shared chunks, which the benchmark shows pays on a CPU (16
-    sections in one call give more tokens/s than 8). A thread that finds the model idle leads: while
+    When several threads write articles with one model, their outline and section requests are
+    pooled into shared chunks (16 sections in one call give more tokens/s than 8 on a CPU). A thread that finds the model idle leads: while
     threads that used this model in the last ``active_s`` seconds have not queued yet, it waits up to
-    ``gather_s`` for them (an article's next call follows its last within milliseconds); alone, it
-    waits ``first_s`` for articles that start at the same moment. Then it runs everything queued and
-    hands each caller its completions.
+    ``gather_s`` for them (an article's next call follows its last within milliseconds), then runs
+    everything queued and hands each caller its completions. A single caller never waits.
     """
 
-    def __init__(self, gather_s: float = 0.5, active_s: float = 10.0, first_s: float = 0.1):
-        self.gather_s, self.active_s, self.first_s = gather_s, active_s, first_s
+    def __init__(self, gather_s: float = 0.5, active_s: float = 10.0):
+        self.gather_s, self.active_s = gather_s, active_s
         self.cond = threading.Condition()
         self.pending: list[dict[str, Any]] = []
         self.busy = False
@@ -461,10 +419,7 @@ class _Batcher:
                     self.cond.wait()
                     continue
                 self.busy = True
-                now = time.monotonic()
-                if len(self.pending) == 1 and self._active(now) == 1:  # alone: a moment for a twin to arrive
-                    self.cond.wait(self.first_s)
-                deadline = now + self.gather_s
+                deadline = time.monotonic() + self.gather_s
                 while (len({j["thread"] for j in self.pending}) < self._active(time.monotonic())
                        and time.monotonic() < deadline):
                     self.cond.wait(max(0.0, deadline - time.monotonic()))
