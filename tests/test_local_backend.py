@@ -116,9 +116,11 @@ def test_concurrent_callers_share_generate_calls(backend, monkeypatch, caplog):
 
     threads = [threading.Thread(target=article, args=(i,)) for i in range(2)]
     batcher.seen.clear()
-    for t in threads:  # each "article" has used the model before (its outline), so the leader waits for the other
+    for t in threads:  # two "articles" have used the model (their outlines): the leader of a later call waits for both
         t.start()
+    for t in threads:
         t.join()
+    assert len(batcher.seen) == 2
     runs.clear()
     with caplog.at_level("INFO", logger="aigc.backends.local"):
         threads = [threading.Thread(target=article, args=(i,)) for i in range(2)]
