@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ["local", "sweep", "nightly", "start", "flow", "api"]
+SECTIONS = ["local", "sweep", "ablation", "nightly", "start", "flow", "api"]
 OPTIONAL = ["serve", "llamacpp"]
 TITLES = [
     "What an urban heat island is", "How cities trap heat", "Measuring the effect", "Health risks",
@@ -76,10 +76,10 @@ def section_set(n: int, new_tokens: int, *, greedy: bool = False) -> list:
 THREADS: int | None = None  # --threads: LocalOptions(threads=...) for every local backend here (None: aigc's default)
 
 
-def local_backend(batch: int | None = None, dtype: str = "auto"):
+def local_backend(batch: int | None = None, dtype: str = "auto", **options):
     from aigc.backends.local import LocalBackend, LocalOptions
 
-    backend = LocalBackend(LocalOptions(max_batch_size=batch, dtype=dtype, threads=THREADS))
+    backend = LocalBackend(LocalOptions(max_batch_size=batch, dtype=dtype, threads=THREADS, **options))
     backend.load()
     return backend
 
@@ -219,6 +219,38 @@ def bench_sweep(ctx: dict) -> dict:
                        "tokens/s, the gain a nightly batch gets from sharing generate() calls across articles.")
         out["cross_article_gain"] = gain
     return out
+
+
+#: The parts of aigc's CPU fast path that the ablation turns off one at a time (LocalOptions fields).
+FAST_PATH = {
+    "prepack": "oneDNN pre-packed linear weights",
+    "share_prefix": "prompt prefix computed once per group of rows",
+    "reserve_cache": "KV cache reserved ahead, written in place",
+    "decode_attention": "attention of one new token as two matrix products",
+}
+
+
+def bench_ablation(ctx: dict) -> dict:
+    """Two articles' 16 sections in one call: aigc's defaults against each part of the fast path turned off, and all of them."""
+    new, reps = ctx["new_tokens"], ctx["reps"]
+    n = max(ctx["batches"])
+    requests = section_set(n, new)
+    configs = {"aigc defaults": (local_backend(n), requests, False)}
+    for option in FAST_PATH:
+        configs[f"without {option}"] = (local_backend(n, **{option: False}), requests, False)
+    configs["without all four"] = (local_backend(n, **{o: False for o in FAST_PATH}), requests, False)
+    for backend, _, _ in configs.values():
+        warm(backend)
+    say(f"ablation: batch {n}, {new} new tokens, each part of the fast path off in turn")
+    res = measure(configs, reps)
+    full = res["aigc defaults"]["tps"]
+    rows = [{"config": name, "what is off": FAST_PATH.get(name.removeprefix("without "), "-" if name == "aigc defaults"
+                                                          else "all four"),
+             "tokens/s": v["tps"], "seconds": v["seconds"], "defaults' speed-up over it": full / v["tps"]}
+            for name, v in res.items()]
+    return {"title": f"2c. What each part of the CPU fast path gives (batch {n}, two articles' sections, sampled)",
+            "settings": {"new_tokens": new, "requests": n}, "rows": rows, "raw": res,
+            "note": "Each part stays only if the defaults beat the run without it.", "targets": []}
 
 
 def bench_nightly(ctx: dict) -> dict:
@@ -675,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
                         "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "threads": THREADS or "aigc default", "load_start": load()},
                "sections": {}}
-    funcs = {"local": bench_local, "sweep": bench_sweep, "nightly": bench_nightly, "start": bench_start, "flow": bench_flow, "api": bench_api,
+    funcs = {"local": bench_local, "sweep": bench_sweep, "ablation": bench_ablation, "nightly": bench_nightly, "start": bench_start, "flow": bench_flow, "api": bench_api,
              "serve": bench_serve, "llamacpp": bench_llamacpp}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -75,31 +75,146 @@ def test_sampler_rows_are_independent_and_respect_top_k():
         fastpath.top_k_top_p_sampler(0.0, 50, 0.9)
 
 
-def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
-    """A tiny Llama saved as a user would: prepack on and off give the same greedy tokens."""
-    from aigc.backends.base import GenerationRequest
-    from aigc.backends.local import LocalBackend
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+def _save_tiny(folder, arch: str = "llama", positions: int = 64):
+    """A tiny random model and a word-level tokenizer (w0 ... w299), saved as a user would."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2,
+                                          max_position_embeddings=positions, bos_token_id=1, eos_token_id=2,
+                                          pad_token_id=0)
+        transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    else:
+        config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=positions, vocab_size=300,
+                                         bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+        transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     vocab = {f"w{i}": i for i in range(300)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w1", eos_token="w2", pad_token="w0",
                                                 unk_token="w3")
-    fast.save_pretrained(tmp_path / "m")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
+    """A tiny Llama saved as a user would: prepack on and off give the same greedy tokens."""
+    from aigc.backends.base import GenerationRequest
+    from aigc.backends.local import LocalBackend
+
+    folder = _save_tiny(tmp_path / "m")
     requests = [GenerationRequest(prompt=p, max_new_tokens=6, temperature=0.0) for p in ("w5 w6 w7", "w9")]
     runs = {}
     for prepack in (True, False):
-        backend = LocalBackend.from_options(model=str(tmp_path / "m"), device="cpu", dtype="float32", threads=1,
+        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
                                             prepack=prepack, repetition_penalty=1.0)
         runs[prepack] = [c.text for c in backend.generate(requests)]
         kernels = backend.describe()["kernels"]
         assert kernels == ("onednn-packed" if prepack and fastpath.mkldnn_linear_available() else "default")
     assert runs[True] == runs[False]
     assert all(t.strip() for t in runs[True])
+
+
+# -- shared prompt prefixes, the reserved KV cache, decode attention -----------------------------------
+
+def test_prefix_groups_group_rows_that_begin_alike_and_leave_each_row_a_token():
+    shared = list(range(10, 70))
+    prompts = [shared + [100, 101], [5, 6, 7], shared + [120], shared[:50] + [9], [5, 6, 7]]
+    groups, lengths = fastpath.prefix_groups(prompts, min_shared=48)
+    assert groups == [0, 1, 0, 0, 2]  # [5, 6, 7] twice share only 2 tokens, under the minimum: a group each...
+    assert lengths == [50, 2, 2]  # ...whose prefix is all of the prompt but its last token
+    same, lengths = fastpath.prefix_groups([shared, shared], min_shared=48)
+    assert same == [0, 0] and lengths == [59]  # the last token stays out of the prefix
+
+
+def test_shared_prefill_layout_keeps_every_row_and_costs_less():
+    shared = list(range(10, 70))
+    prompts = [shared + [100, 101], shared + [120], [200, 201]]
+    groups, lengths = fastpath.prefix_groups(prompts, min_shared=48)
+    layout = fastpath.shared_prefill_layout(prompts, groups, lengths, pad_id=0)
+    for prompt, row, mask in zip(prompts, layout["input_ids"], layout["attention_mask"]):
+        assert [t for t, m in zip(row, mask) if m] == prompt  # the real tokens, in order
+        assert all(t == 0 for t, m in zip(row, mask) if not m)
+    assert len({len(r) for r in layout["input_ids"]}) == 1
+    assert layout["prefix_ids"][0][-60:] == shared and layout["prefix_mask"][1] == [0] * 59 + [1]
+    assert layout["tokens"] == 2 * 60 + 3 * 2 < layout["plain_tokens"] == 3 * 62
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prefix_and_reserved_cache_give_the_same_tokens(tmp_path, arch, caplog):
+    """Rows with a 60-token common start: prefilled once per group and decoded into a reserved cache, or plainly."""
+    import logging
+
+    from aigc.backends.base import GenerationRequest
+    from aigc.backends.local import LocalBackend
+
+    folder = _save_tiny(tmp_path / arch, arch, positions=128)
+    shared = " ".join(f"w{i}" for i in range(10, 70))
+    prompts = [f"{shared} w100 w101", f"{shared} w120", "w200 w201", f"{shared} w130 w131 w132"]
+    requests = [GenerationRequest(prompt=p, max_new_tokens=10, temperature=0.0) for p in prompts]
+    runs = {}
+    for fast in (True, False):
+        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
+                                            share_prefix=fast, reserve_cache=fast, repetition_penalty=1.0,
+                                            max_batch_size=4)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aigc.backends.local"):
+            runs[fast] = [(c.text, c.completion_tokens, c.prompt_tokens) for c in backend.generate(requests)]
+        assert ("prompt prefixes shared by 2 groups of 4 rows" in caplog.text) == fast
+    assert runs[True] == runs[False]
+    assert all(r[1] > 0 for r in runs[True])
+
+
+def test_growing_layer_holds_what_dynamic_layer_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    grow, plain = fastpath._growing_layer_class()(capacity=6), DynamicLayer()
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 2, n, 4) for n in (4, 1, 1, 1, 2)]  # prefill, decode steps, past the reserved room
+    for i, k in enumerate(steps):
+        got, want = grow.update(k, -k), plain.update(k, -k)
+        torch.testing.assert_close(got[0], want[0]) and torch.testing.assert_close(got[1], want[1])
+        if i == 1:  # a reorder replaces the tensors: the layer copies them into new room
+            index = torch.tensor([2, 0, 0])
+            grow.batch_select_indices(index), plain.batch_select_indices(index)
+    assert grow.get_seq_length() == plain.get_seq_length() == 9
+    torch.testing.assert_close(grow.keys, plain.keys)
+    torch.testing.assert_close(grow.values, plain.values)
+    cache = fastpath.growing_cache(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2)), 10)
+    assert [type(layer).__name__ for layer in cache.layers] == ["GrowingLayer"] * 3
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+def test_decode_attention_matches_sdpa(mask_kind):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    q, k, v = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
+    keep = torch.ones(4, 1, 1, 11, dtype=torch.bool)
+    keep[1, ..., :5] = False  # a left-padded row
+    mask = {"bool": keep, "float": torch.zeros(4, 1, 1, 11).masked_fill(~keep, float("-inf")), "none": None}[mask_kind]
+    got, _ = fastpath.decode_attention(module, q, k, v, mask, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert got.shape == want.shape == (4, 1, 6, 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    prefill = torch.randn(4, 6, 3, 8)  # several queries: transformers' own sdpa
+    torch.testing.assert_close(fastpath.decode_attention(module, prefill, k, v, None)[0],
+                               sdpa_attention_forward(module, prefill, k, v, None)[0])
+
+
+def test_local_backend_switches_attention_on_cpu_only_when_asked(tmp_path):
+    from aigc.backends.local import LocalBackend
+
+    folder = _save_tiny(tmp_path / "m")
+    for wanted, expected in ((True, fastpath.DECODE_ATTENTION), (False, "sdpa")):
+        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
+                                            decode_attention=wanted)
+        assert backend.describe()["attention"] == (expected if wanted else "default")  # before loading: the plan
+        backend.load()
+        assert backend.describe()["attention"] == expected

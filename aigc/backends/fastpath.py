@@ -115,4 +115,177 @@ def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float, generators
     return TopKTopPSampler()
 
 
-__all__ = ["mkldnn_linear_available", "pack_linears", "top_k_top_p_sampler"]
+# -- prompt prefixes and the KV cache ----------------------------------------------------------------
+
+def prefix_groups(prompts: Sequence[Sequence[int]], min_shared: int) -> tuple[list[int], list[int]]:
+    """Group the rows whose prompts begin with the same ``min_shared`` or more tokens.
+
+    Returns the group of each row and the length of each group's shared prefix. A prefix always
+    leaves every member at least its last token, whose logits start the generation. A row that
+    shares too little with every earlier group starts its own, with all of its prompt but the last
+    token as the prefix.
+    """
+    groups: list[int] = []
+    reps: list[Sequence[int]] = []  # the first prompt of each group
+    lengths: list[int] = []
+    for prompt in prompts:
+        for g, rep in enumerate(reps):
+            limit = min(lengths[g], len(prompt) - 1)
+            n = 0
+            while n < limit and prompt[n] == rep[n]:
+                n += 1
+            if n >= min_shared:
+                groups.append(g)
+                lengths[g] = n
+                break
+        else:
+            groups.append(len(reps))
+            reps.append(prompt)
+            lengths.append(max(len(prompt) - 1, 0))
+    return groups, lengths
+
+
+def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int], lengths: Sequence[int],
+                          pad_id: int) -> dict[str, Any]:
+    """Token layout of a batch whose rows share group prefixes, and what it costs against plain left padding.
+
+    Each row becomes ``[pad..., its group's prefix, pad..., the rest of its prompt]``: the prefixes,
+    left-padded to the longest, fill the first ``width`` columns, so that one forward pass of the
+    groups (``prefix_ids``) caches them for every row; the rests follow, left-padded too. Positions
+    come from the attention mask (``generate()`` numbers the real tokens of each row 0, 1, 2, ...),
+    so the padding in the middle changes nothing. ``tokens``: token slots computed by the prefill,
+    against ``plain_tokens`` for one left-padded batch.
+    """
+    width = max(lengths)
+    prefix_ids, prefix_mask = [], []
+    for g, n in enumerate(lengths):
+        first = groups.index(g)
+        prefix_ids.append([pad_id] * (width - n) + list(prompts[first][:n]))
+        prefix_mask.append([0] * (width - n) + [1] * n)
+    rests = [list(p[lengths[g]:]) for p, g in zip(prompts, groups)]
+    rest_width = max(len(r) for r in rests)
+    input_ids, mask = [], []
+    for p, g, rest in zip(prompts, groups, rests):
+        pad = rest_width - len(rest)
+        input_ids.append(prefix_ids[g] + [pad_id] * pad + rest)
+        mask.append(prefix_mask[g] + [0] * pad + [1] * len(rest))
+    return {
+        "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "input_ids": input_ids, "attention_mask": mask,
+        "tokens": len(lengths) * width + len(prompts) * rest_width,
+        "plain_tokens": len(prompts) * max(len(p) for p in prompts),
+    }
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A dynamic cache layer that writes new keys and values into room reserved ahead, not by concatenation.
+
+        ``DynamicLayer`` concatenates at every step, copying the whole cache of the layer each time
+        (8% of batched decoding on a CPU). This one reserves ``capacity`` positions (the prompt plus
+        the new tokens), writes each step in place and hands attention a view of the filled part.
+        If anything else replaces its tensors (a batch reorder, a crop), it copies them into new room.
+        """
+
+        def __init__(self, capacity: int = 0, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.capacity = capacity
+            self._view = self._room_k = self._room_v = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            used, new = self.get_seq_length(), key_states.shape[-2]
+            own = self._view is not None and self.keys is self._view
+            if not own or used + new > self._room_k.shape[-2]:
+                room = max(used + new, self.capacity, 2 * used)
+                shape = (*key_states.shape[:2], room, key_states.shape[-1])
+                room_k, room_v = key_states.new_empty(shape), value_states.new_empty(
+                    (*value_states.shape[:2], room, value_states.shape[-1]))
+                if used:
+                    room_k[:, :, :used] = self.keys
+                    room_v[:, :, :used] = self.values
+                self._room_k, self._room_v = room_k, room_v
+            self._room_k[:, :, used : used + new] = key_states
+            self._room_v[:, :, used : used + new] = value_states
+            self.keys = self._view = self._room_k[:, :, : used + new]
+            self.values = self._room_v[:, :, : used + new]
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            self._view = self._room_k = self._room_v = None
+            super().reset()
+
+    return GrowingLayer
+
+
+def growing_cache(model: Any, capacity: int):
+    """A ``DynamicCache`` for ``model`` whose full-attention layers reserve ``capacity`` positions (see GrowingLayer).
+
+    Layers of other kinds (sliding windows) stay as transformers makes them.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    layer_cls = _growing_layer_class()
+    cache.layers = [layer_cls(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+# -- attention of one new token -------------------------------------------------------------------
+
+#: Name under which :func:`use_decode_attention` registers its attention with transformers.
+DECODE_ATTENTION = "aigc_cpu_decode"
+
+
+def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                     scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
+    """Attention for transformers' AttentionInterface: two matrix products for one new token, sdpa otherwise.
+
+    At a decode step (one query per row) on a CPU, PyTorch's flash kernel took 0.65-0.83 ms per layer
+    at batch 16 against 0.50 ms for ``softmax(q k^T) v`` written out; query heads are grouped over
+    their key/value heads as transformers' ``pack_gqa`` does, so nothing is copied. Prefill, dropout,
+    soft-capping and position biases go to transformers' own sdpa function.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if (query.shape[2] != 1 or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
+            or kwargs.get("output_attentions")):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # the query heads of each key/value head
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
+    if attention_mask is not None:  # (batch, 1, 1, keys): True, or 0.0, where a key may be attended
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs, value)  # (batch, kv_heads, groups, dim)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def use_decode_attention(model: Any) -> bool:
+    """Switch ``model`` (an sdpa model) to :func:`decode_attention`; False if it cannot switch."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)
+    try:
+        model.set_attn_implementation(DECODE_ATTENTION)
+    except (ValueError, ImportError) as exc:  # pragma: no cover - a model that keeps its own attention
+        log.info("attention stays sdpa: %s", exc)
+        return False
+    return model.config._attn_implementation == DECODE_ATTENTION
+
+
+__all__ = ["DECODE_ATTENTION", "decode_attention", "growing_cache", "mkldnn_linear_available", "pack_linears", "prefix_groups", "shared_prefill_layout",
+           "top_k_top_p_sampler", "use_decode_attention"]

@@ -18,13 +18,18 @@ from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
-#: Loaded models shared by every LocalBackend of this process: (path, device, dtype, kernels) -> (model, tokenizer, batcher, kernels).
-_MODELS: dict[tuple[str, str, str, str], tuple[Any, Any, _Batcher, str]] = {}
+#: Loaded models shared by every LocalBackend of this process:
+#: (path, device, dtype, kernels, attention) -> (model, tokenizer, batcher, kernels).
+_MODELS: dict[tuple[str, str, str, str, str], tuple[Any, Any, _Batcher, str]] = {}
 _MODELS_LOCK = threading.Lock()
 
 _BATCH_CAP = {"cpu": 16, "cuda": 64}
 #: Tokens of KV cache budgeted per sequence when sizing batches from memory.
 _SEQ_BUDGET = 4096
+#: Rows share a prompt prefix when they begin with this many equal tokens (a chat template's system turn alone is ~30)...
+_MIN_SHARED = 48
+#: ...and only when computing the groups' prefixes once cuts the prefill's token slots to this share or less.
+_SHARED_PAYS = 0.8
 
 
 class LocalOptions(BaseModel):
@@ -42,6 +47,12 @@ class LocalOptions(BaseModel):
     no_repeat_ngram_size: int = Field(0, ge=0)
     #: CPU, float32: reorder linear weights once into oneDNN's layout (same results, faster batches).
     prepack: bool = True
+    #: Compute a prompt start that several rows share (an article's sections) once, not once per row.
+    share_prefix: bool = True
+    #: Reserve the KV cache for the prompt and the new tokens, and write each step into it in place.
+    reserve_cache: bool = True
+    #: CPU: attention of each new token as two matrix products (faster than PyTorch's flash kernel for one query).
+    decode_attention: bool = True
 
 
 def _torch():
@@ -158,18 +169,29 @@ class LocalBackend(Backend):
 
     def _kernels(self, device: str, dtype: str) -> str:
         """How the linear layers run: "onednn-packed" (CPU float32, see :mod:`aigc.backends.fastpath`) or "default"."""
-        if device != "cpu" or self._given is not None:
+        if device != "cpu":
             return "default"
         return "onednn-packed" if self.options.prepack and dtype == "float32" else "default"
 
+    def _attention(self, device: str) -> str:
+        """The attention asked for: aigc's decode attention on a CPU (see :func:`fastpath.decode_attention`), else the model's own."""
+        from aigc.backends.fastpath import DECODE_ATTENTION
+
+        return DECODE_ATTENTION if device == "cpu" and self.options.decode_attention else "default"
+
     def describe(self) -> dict:
-        """Backend, model, device, dtype, linear kernels and batch size (``"auto"`` until the model is loaded)."""
+        """Backend, model, device, dtype, linear kernels, attention and batch size (``"auto"`` until the model is loaded)."""
         device, dtype = self._device(), self._dtype()
+        if self._loaded is not None:
+            kernels, attention = self._loaded[3], getattr(self._loaded[0].config, "_attn_implementation", None) or "default"
+        else:
+            kernels, attention = self._kernels(device, dtype), self._attention(device)
         return {
             **super().describe(),
             "device": device,
             "dtype": dtype,
-            "kernels": self._loaded[3] if self._loaded is not None else self._kernels(device, dtype),
+            "kernels": kernels,
+            "attention": attention,
             "max_batch_size": self._batch_size or "auto",
         }
 
@@ -194,7 +216,7 @@ class LocalBackend(Backend):
         """Load (once per process) and return ``(model, tokenizer)``."""
         if self._loaded is None:
             path, device, dtype = self._model_path(), self._device(), self._dtype()
-            key = (path, device, dtype, self._kernels(device, dtype))
+            key = (path, device, dtype, self._kernels(device, dtype), self._attention(device))
             with _MODELS_LOCK:
                 if key not in _MODELS:
                     _MODELS[key] = self._load_fresh(*key)
@@ -203,7 +225,7 @@ class LocalBackend(Backend):
             self._batch_size = self._auto_batch_size()
         return self._loaded[0], self._loaded[1]
 
-    def _load_fresh(self, path: str, device: str, dtype: str, kernels: str) -> tuple[Any, Any, _Batcher, str]:
+    def _load_fresh(self, path: str, device: str, dtype: str, kernels: str, attention: str) -> tuple[Any, Any, _Batcher, str]:
         torch, transformers = _torch()
         if device == "cpu":
             torch.set_num_threads(self.options.threads or os.cpu_count() or 1)
@@ -225,16 +247,18 @@ class LocalBackend(Backend):
                 retryable=False,
             ) from exc
         model.eval()
-        kernels = self._speed_up(model, kernels)
+        kernels = self._speed_up(model, kernels, attention)
         _prepare_tokenizer(tokenizer)
-        log.info("Loaded local model %s on %s (%s, %s kernels) in %.1f s", path, device, dtype, kernels,
-                 time.perf_counter() - start)
+        log.info("Loaded local model %s on %s (%s, %s kernels, %s attention) in %.1f s", path, device, dtype, kernels,
+                 model.config._attn_implementation, time.perf_counter() - start)
         return model, tokenizer, _Batcher(), kernels
 
-    def _speed_up(self, model: Any, kernels: str) -> str:
-        """Apply the CPU fast path chosen by :meth:`_kernels`; return what was really applied."""
+    def _speed_up(self, model: Any, kernels: str, attention: str) -> str:
+        """Apply the CPU fast path chosen by :meth:`_kernels` and :meth:`_attention`; return the kernels really applied."""
         from aigc.backends import fastpath
 
+        if attention == fastpath.DECODE_ATTENTION:
+            fastpath.use_decode_attention(model)
         if kernels == "onednn-packed":
             rows = min(self.options.max_batch_size or _BATCH_CAP["cpu"], _BATCH_CAP["cpu"])
             if not fastpath.pack_linears(model, rows):
@@ -310,15 +334,58 @@ class LocalBackend(Backend):
             prompts = [p[-keep:] for p in prompts]
         return prompts, new
 
+    def _prefill_shared(self, torch: Any, model: Any, prompts: list[list[int]], pad_id: int, max_new: int):
+        """The KV cache for generate() and, when rows share a prompt prefix that pays, the layout it was filled for.
+
+        Returns ``(cache, layout)``: ``cache`` is None for transformers' own (the options are off, or
+        the model takes no position ids); ``layout`` (see :func:`fastpath.shared_prefill_layout`) is
+        None for plain left padding. With a layout, each group's prefix is already in ``cache``.
+        """
+        from aigc.backends import fastpath
+
+        o = self.options
+        params = _forward_params(model)
+        if not (o.share_prefix or o.reserve_cache) or params is None:
+            return None, None
+        layout = None
+        if o.share_prefix and len(prompts) > 1:
+            groups, lengths = fastpath.prefix_groups(prompts, _MIN_SHARED)
+            candidate = fastpath.shared_prefill_layout(prompts, groups, lengths, pad_id)
+            if len(lengths) < len(prompts) and candidate["tokens"] <= _SHARED_PAYS * candidate["plain_tokens"]:
+                layout = candidate
+                log.debug("prompt prefixes shared by %d groups of %d rows: prefill of %d token slots instead of %d",
+                          len(lengths), len(prompts), layout["tokens"], layout["plain_tokens"])
+        width = len(layout["input_ids"][0]) if layout else max(len(p) for p in prompts)
+        if o.reserve_cache:
+            cache = fastpath.growing_cache(model, width + max_new)
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+        if layout is not None:
+            ids = torch.tensor(layout["prefix_ids"], device=model.device)
+            mask = torch.tensor(layout["prefix_mask"], device=model.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **keep)
+            cache.batch_select_indices(torch.tensor(groups, device=model.device))
+        return cache, layout
+
     def _run_chunk(self, model: Any, tokenizer: Any, reqs: list[GenerationRequest], prompts: list[list[int]]) -> list[Completion]:
         torch, transformers = _torch()
         req = reqs[0]  # every request of a chunk has the same settings but its own seed
         generators = _row_generators(torch, [r.seed for r in reqs], prompts, model.device)
         prompts, max_new = self._fit_context(model, tokenizer, prompts, req.max_new_tokens)
         pad_id = tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        cache, layout = self._prefill_shared(torch, model, prompts, pad_id, max_new)
+        if layout is None:
+            width = max(len(p) for p in prompts)
+            layout = {"input_ids": [[pad_id] * (width - len(p)) + p for p in prompts],
+                      "attention_mask": [[0] * (width - len(p)) + [1] * len(p) for p in prompts]}
+        input_ids = torch.tensor(layout["input_ids"], device=model.device)
+        attention = torch.tensor(layout["attention_mask"], device=model.device)
+        width = input_ids.shape[1]
         eos = model.generation_config.eos_token_id
         eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []), tokenizer.eos_token_id}
         eos_ids.discard(None)
@@ -340,6 +407,8 @@ class LocalBackend(Backend):
 
             processors.append(top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p, generators))
         extra: dict[str, Any] = {"logits_processor": processors}
+        if cache is not None:
+            extra["cache"] = cache
         if req.stop:
             settings["stop_strings"] = list(req.stop)
             extra["tokenizer"] = tokenizer
@@ -370,6 +439,23 @@ class LocalBackend(Backend):
                 )
             )
         return completions
+
+
+def _forward_params(model: Any) -> set[str] | None:
+    """The forward() parameters of a model that aigc may hand a KV cache it filled itself, else None.
+
+    That takes a decoder-only model whose forward() takes ``cache`` and ``position_ids`` (positions
+    then follow the attention mask, which a shared prefix needs) and whose cache is transformers' dynamic one.
+    """
+    import inspect
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        return None
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    if supports is not None and not supports():
+        return None
+    params = set(inspect.signature(model.forward).parameters)
+    return params if {"cache", "position_ids"} <= params else None
 
 
 def _row_generators(torch: Any, seeds: Sequence[int | None], prompts: Sequence[Sequence[int]], device: Any) -> list[Any]:
@@ -474,8 +560,8 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def loaded_models() -> list[tuple[str, str, str, str]]:
-    """Keys (path, device, dtype, kernels) of the models loaded in this process."""
+def loaded_models() -> list[tuple[str, str, str, str, str]]:
+    """Keys (path, device, dtype, kernels, attention) of the models loaded in this process."""
     return list(_MODELS)
 
 
