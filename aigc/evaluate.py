@@ -245,6 +245,14 @@ def perplexity(texts: Sequence[str], model: str | None = None, *, batch_size: in
     pieces = [p for p in pieces if p[2] > 0]
     pieces.sort(key=lambda p: len(p[1]))
     device = next(lm.parameters()).device
+    from aigc.backends.local import run_on_model_thread
+
+    run_on_model_thread(lambda: _score(torch, lm, pieces, batch_size, pad, device, nll, count))
+    return [math.exp(n / c) if c else None for n, c in zip(nll, count)]
+
+
+def _score(torch: Any, lm: Any, pieces: list, batch_size: int, pad: int, device: Any, nll: list, count: list) -> None:
+    """Add each piece's summed token NLL and target count to its text's totals (on the model thread)."""
     with torch.inference_mode():
         for start in range(0, len(pieces), batch_size):
             chunk = pieces[start : start + batch_size]
@@ -263,7 +271,6 @@ def perplexity(texts: Sequence[str], model: str | None = None, *, batch_size: in
             for row, (i, _, n_target) in enumerate(chunk):
                 nll[i] += float(losses[row])
                 count[i] += n_target
-    return [math.exp(n / c) if c else None for n, c in zip(nll, count)]
 
 
 # -- one article, many articles ---------------------------------------------------------------------

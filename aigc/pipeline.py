@@ -123,12 +123,13 @@ def write_article(
     store.check_style(spec.style)
     backend = backend or backend_for(spec)
     t0 = time.perf_counter()
-    progress("outline")
-    outline = make_outline(spec, store, backend)
-    t1 = time.perf_counter()
-    progress(f"sections ({len(outline['titles'])})")
-    sections = make_sections(spec, outline["titles"], store, backend)
-    t2 = time.perf_counter()
+    with backend.article():  # articles written side by side may share the backend's calls
+        progress("outline")
+        outline = make_outline(spec, store, backend)
+        t1 = time.perf_counter()
+        progress(f"sections ({len(outline['titles'])})")
+        sections = make_sections(spec, outline["titles"], store, backend)
+        t2 = time.perf_counter()
     progress("assembly")
     article = assemble_article(
         spec, outline, sections, store, backend_info=backend.describe(),

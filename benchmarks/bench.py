@@ -289,7 +289,6 @@ def bench_nightly(ctx: dict) -> dict:
 
             order = [("one article at a time", sequential), ("two side by side, shared generate() calls", shared)]
             for name, fn in (order if rep % 2 == 0 else order[::-1]):
-                time.sleep(backend._loaded[2].active_s)  # the other mode's threads no longer count as active
                 started = time.perf_counter()
                 fn()
                 runs[name].append(time.perf_counter() - started)
@@ -467,6 +466,7 @@ def bench_flow(ctx: dict) -> dict:
             say(f"  rep {i + 1} {p['topic']!r}: direct {r['direct']:.1f} s ({r['direct_words']} words), flow "
                 f"{r['flow']:.1f} s ({r['flow_words']} words), overhead {100 * r['overhead']:+.1f}%; cached re-run "
                 f"{r['cached']:.2f} s ({100 * r['cached_ratio']:.1f}%), steps {r['cached_steps']}")
+        batch_runs = _batch_runs(ctx, tmp)
     finally:
         stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -493,7 +493,43 @@ def bench_flow(ctx: dict) -> dict:
                   "targets": [target("cached re-run < 5% of the first run", 100 * cached_ratio, 5.0, higher=False,
                                      unit="%")]}
     ctx["extra"].append(("cached", cached_out))
+    ctx["extra"].append(("batch", batch_runs))
     return flow_out
+
+
+def _batch_runs(ctx: dict, tmp: Path) -> dict:
+    """The batch flow on a few nightly-style items: one local article at a time (--concurrency 1) vs aigc's default."""
+    import yaml
+
+    from flows.batch import batch_flow
+
+    n, sections, words = ctx["batch_items"], ctx["batch_sections"], ctx["batch_words"]
+    modes = {"--concurrency 1 (one article at a time)": 1, "default (two side by side, shared calls)": None}
+    runs: dict[str, list] = {m: [] for m in modes}
+    say(f"batch: {n} items x {sections} sections, {words} words, through batch_flow: --concurrency 1 vs default")
+    for rep in range(ctx["reps"]):
+        order = list(modes) if rep % 2 == 0 else list(modes)[::-1]
+        for k, mode in enumerate(order):
+            defaults = {"sections": sections, "words": words, "backend": "local", "seed": 500 + 10 * rep + k}
+            if THREADS:
+                defaults["backend_options"] = {"threads": THREADS}
+            items = [{"topic": TOPICS[(rep + i) % len(TOPICS)], "style": ("article", "report", "blog")[i % 3]}
+                     for i in range(n)]
+            path = tmp / f"batch-{rep}-{k}.yaml"  # a new seed each run: nothing cached, nothing already written
+            path.write_text(yaml.safe_dump({"name": f"bench-{rep}-{k}", "defaults": defaults, "items": items}))
+            started = time.perf_counter()
+            summary = batch_flow(batch_file=str(path), outputs_dir=str(tmp / "batches"), concurrency=modes[mode])
+            seconds = time.perf_counter() - started
+            counts = summary["counts"] if isinstance(summary, dict) else {"failed": "?"}
+            runs[mode].append({"seconds": seconds, "counts": counts})
+            say(f"  rep {rep + 1} {mode}: {seconds:.1f} s, {counts}")
+    seq, par = (med([r["seconds"] for r in runs[m]]) for m in modes)
+    return {"title": f"4b. A nightly batch through the Prefect batch flow ({n} local articles, {sections} sections, "
+                     f"{words} words)",
+            "rows": [{"mode": m, "seconds": med([r["seconds"] for r in v]), "speed-up": seq / med([r["seconds"] for r in v])}
+                     for m, v in runs.items()],
+            "raw": runs, "targets": [],
+            "note": f"Two local articles side by side, sharing generate() calls: {seq / par:.2f}x faster than one at a time."}
 
 
 # -- the openai backend --------------------------------------------------------------------------
@@ -695,7 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = {"reps": 1 if q else args.reps, "new_tokens": args.new_tokens or (16 if q else 128), "b1_requests": 2 if q else 4,
            "batches": [int(b) for b in args.batches.split(",")], "article_sections": 2 if q else 4,
            "article_words": 60 if q else 240,
-           "nightly_sections": 2 if q else 8, "nightly_words": 60 if q else 720, "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
+           "nightly_sections": 2 if q else 8, "nightly_words": 60 if q else 720,
+           "batch_items": 2 if q else 4, "batch_sections": 2 if q else 3, "batch_words": 60 if q else 240,
+           "serve_tokens": 8 if q else 32, "shared": {}, "extra": []}
     if "flow" in names:
         ctx["prefect"] = prefect_env()
     import prefect

@@ -110,12 +110,13 @@ def article_flow(
     data = spec.model_dump(mode="json")
     logger.info("Outline: %s, %d sections, style %s, backend %s", spec.topic, spec.sections, spec.style, spec.backend)
     steps = {}
-    state = outline_task(data, templates_dir, hashes["outline"], steps_version(), return_state=True)
-    outline_result, steps["outline"] = state.result(), state.name
-    titles = outline_result["titles"]
-    logger.info("Sections: expanding %d sections in one batch: %s", len(titles), " | ".join(titles))
-    state = sections_task(data, titles, templates_dir, hashes["section"], steps_version(), return_state=True)
-    section_results, steps["sections"] = state.result(), state.name
+    with pipeline.backend_for(spec).article():  # articles of a batch written side by side may share calls
+        state = outline_task(data, templates_dir, hashes["outline"], steps_version(), return_state=True)
+        outline_result, steps["outline"] = state.result(), state.name
+        titles = outline_result["titles"]
+        logger.info("Sections: expanding %d sections in one batch: %s", len(titles), " | ".join(titles))
+        state = sections_task(data, titles, templates_dir, hashes["section"], steps_version(), return_state=True)
+        section_results, steps["sections"] = state.result(), state.name
     logger.info("Assembly: %d words", sum(s["words"] for s in section_results))
     article = assemble_task(data, outline_result, section_results, templates_dir)
     if evaluate:

@@ -158,3 +158,15 @@ def test_third_run_does_nothing_and_the_index_lists_every_article(batch_run):
     assert not list(folder.glob(".tmp-*")) and not (folder / ".lock").exists()
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["library-cards", "snow-plow-routes",
                                                                       "urban-heat-islands"]
+
+
+def test_lane_limit_a_local_models_bound_is_a_ceiling_an_apis_a_default():
+    from aigc import batch as batches
+    from flows.batch import _lane_limit
+
+    def plan(limit: int, ceiling: bool):
+        return batches.Plan(item=None, key="", lane="x", limit=limit, done=None, ceiling=ceiling)
+
+    assert [_lane_limit(plan(2, True), c) for c in (None, 1, 8)] == [2, 1, 2]  # local: two at most
+    assert [_lane_limit(plan(4, False), c) for c in (None, 1, 8)] == [4, 1, 8]  # an API: --concurrency rules
+    assert [_lane_limit(plan(1, False), c) for c in (None, 8)] == [1, 1]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal, Sequence, TypeVar
+from typing import Any, ClassVar, Iterator, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -102,6 +103,9 @@ class Backend(ABC):
     supports_prefill: ClassVar[bool] = False
     #: How many articles of a batch may run at once against this backend.
     max_concurrent_articles: ClassVar[int] = 1
+    #: Whether that number is a ceiling (``aigc batch --concurrency`` may only lower it, as for a local
+    #: model) rather than a default that ``--concurrency`` replaces (an API).
+    concurrency_is_ceiling: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -111,6 +115,15 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Generate one completion per request, in order."""
+
+    @contextlib.contextmanager
+    def article(self) -> Iterator[None]:
+        """Mark the calling thread as writing one article with this backend until the block ends.
+
+        A backend that merges the calls of articles written side by side (the local one) has a call
+        wait briefly for the other articles in progress; the others ignore it.
+        """
+        yield
 
     def describe(self) -> dict:
         """Settings worth recording (never secrets)."""
