@@ -174,6 +174,18 @@ def test_loading_generation_and_scoring_run_on_the_model_thread(tiny_gpt2, monke
     assert {name for _, name in names} == {"aigc-model"}
 
 
+def test_the_embedded_models_conversion_runs_on_the_model_thread(monkeypatch, tmp_path):
+    """A first run converts the GGUF with torch: on the calling thread it slowed every later generation 2x."""
+    import threading
+
+    from aigc.backends import local
+
+    seen: list[str] = []
+    monkeypatch.setattr(local, "ensure_converted", lambda: seen.append(threading.current_thread().name) or tmp_path)
+    assert LocalBackend.from_options()._model_path() == str(tmp_path)
+    assert seen == ["aigc-model"]
+
+
 def test_model_thread_hands_errors_back_and_runs_nested_calls_inline():
     from aigc.backends.local import run_on_model_thread
 
@@ -313,7 +325,7 @@ def test_embedded_model_id_without_loading():
     backend = LocalBackend.from_options()
     assert backend.model_id == "SmolLM2-135M-Instruct"
     assert LocalBackend.supports_chat and LocalBackend.supports_batching
-    assert LocalBackend.max_concurrent_articles == 2 and LocalBackend.concurrency_is_ceiling
+    assert LocalBackend.max_concurrent_articles == 1 and LocalBackend.concurrency_is_ceiling
 
 
 @pytest.mark.slow

@@ -170,7 +170,8 @@ def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int
         input_ids.append(prefix_ids[g] + [pad_id] * pad + rest)
         mask.append(prefix_mask[g] + [0] * pad + [1] * len(rest))
     return {
-        "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "input_ids": input_ids, "attention_mask": mask,
+        "groups": list(groups), "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "input_ids": input_ids,
+        "attention_mask": mask,
         "tokens": len(lengths) * width + len(prompts) * rest_width,
         "plain_tokens": len(prompts) * max(len(p) for p in prompts),
     }

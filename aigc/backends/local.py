@@ -127,9 +127,9 @@ class LocalBackend(Backend):
     supports_chat: ClassVar[bool] = True
     supports_batching: ClassVar[bool] = True
     supports_prefill: ClassVar[bool] = True
-    #: Two articles at a time in a batch: their outline and section calls are merged (16 sections fill a CPU
-    #: batch), and all torch work runs on one model thread (benchmarks/bench.py, part 2b).
-    max_concurrent_articles: ClassVar[int] = 2
+    #: One article at a time in ``aigc batch``: two side by side, their calls merged, were 1.32x faster with
+    #: fixed outlines but 0.92x through the batch flow with generated ones (benchmarks/bench.py, 2b and 4b).
+    max_concurrent_articles: ClassVar[int] = 1
     concurrency_is_ceiling: ClassVar[bool] = True
 
     def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
@@ -207,8 +207,8 @@ class LocalBackend(Backend):
 
     def _model_path(self) -> str:
         model = self.options.model
-        if model == EMBEDDED_NAME:
-            return str(ensure_converted())
+        if model == EMBEDDED_NAME:  # a first run converts the GGUF, with torch: on the model thread too
+            return str(run_on_model_thread(ensure_converted))
         folder = Path(model).expanduser()
         if folder.is_dir():
             return str(folder.resolve())
@@ -394,7 +394,7 @@ class LocalBackend(Backend):
             keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
             with torch.inference_mode():
                 model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **keep)
-            cache.batch_select_indices(torch.tensor(groups, device=model.device))
+            cache.batch_select_indices(torch.tensor(layout["groups"], device=model.device))  # each row its group's
         return cache, layout
 
     def _run_chunk(self, model: Any, tokenizer: Any, reqs: list[GenerationRequest], prompts: list[list[int]]) -> list[Completion]:
@@ -501,7 +501,7 @@ def _row_generators(torch: Any, seeds: Sequence[int | None], prompts: Sequence[S
 class _Batcher:
     """Runs the generate() calls of one loaded model one at a time, merging calls made at the same time.
 
-    When several threads write articles with one model (``aigc batch`` writes two side by side),
+    When several threads write articles with one model (``pipeline.write_article`` from threads),
     their outline and section requests are pooled into shared chunks (two articles' 16 sections in
     one call gave 1.4x the tokens/s of two calls of 8 on a CPU). A thread that finds the model idle
     leads: while other threads inside :meth:`LocalBackend.article` have not queued yet, it waits up
