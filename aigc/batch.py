@@ -319,8 +319,6 @@ class Plan:
     lane: str
     limit: int
     done: Path | None
-    #: ``limit`` is a ceiling that ``--concurrency`` may only lower (a local model), not a default.
-    ceiling: bool = False
 
 
 def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -> Plan:
@@ -338,8 +336,7 @@ def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -
     backend = get_backend(spec.backend, **spec.backend_options)  # validates options; loads no model
     key = inputs_key(spec, hashes, backend.describe().get("model", ""))
     done = find_existing(folder, slugify(spec.topic), key)
-    return Plan(item, key, spec.backend, max(1, int(getattr(backend, "max_concurrent_articles", 1))), done,
-                bool(getattr(backend, "concurrency_is_ceiling", False)))
+    return Plan(item, key, spec.backend, max(1, int(getattr(backend, "max_concurrent_articles", 1))), done)
 
 
 def read_record(folder: str | Path | None) -> dict[str, Any]:

@@ -256,17 +256,16 @@ def bench_ablation(ctx: dict) -> dict:
     say(f"ablation: batch {n}, {new} new tokens, each part of the fast path off in turn")
     res = measure(configs, reps)
     full = res["aigc defaults"]["tps"]
-    rows = [{"config": name, "what is off": FAST_PATH.get(name.removeprefix("without "), "-" if name == "aigc defaults"
-                                                          else "all four"),
-             "tokens/s": v["tps"], "seconds": v["seconds"], "defaults' speed-up over it": full / v["tps"]}
-            for name, v in res.items()]
+    off = {"aigc defaults": "-", **{f"without {o}": what for o, what in FAST_PATH.items()}, "without all four": "all four"}
+    rows = [{"config": name, "what is off": off[name], "tokens/s": v["tps"], "seconds": v["seconds"],
+             "defaults' speed-up over it": full / v["tps"]} for name, v in res.items()]
     return {"title": f"2c. What each part of the CPU fast path gives (batch {n}, two articles' sections, sampled)",
             "settings": {"new_tokens": new, "requests": n}, "rows": rows, "raw": res,
             "note": "Each part stays only if the defaults beat the run without it.", "targets": []}
 
 
 def bench_nightly(ctx: dict) -> dict:
-    """Two articles of a batch (fixed outlines), one after the other vs side by side sharing generate() calls (as `aigc batch`)."""
+    """Two articles (fixed outlines), one after the other vs side by side on two threads, sharing generate() calls."""
     import threading
 
     from aigc import pipeline

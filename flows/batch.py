@@ -51,12 +51,8 @@ def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | Non
 
 
 def _lane_limit(plan: batches.Plan, concurrency: int | None) -> int:
-    """Articles at once in a backend's lane: --concurrency, or the backend's own bound, which a local model's caps."""
-    if plan.limit <= 1:
-        return 1
-    if plan.ceiling:
-        return min(concurrency or plan.limit, plan.limit)
-    return concurrency or plan.limit
+    """A backend that runs one article at a time (a local model) stays at 1; others use --concurrency or their own bound."""
+    return 1 if plan.limit <= 1 else (concurrency or plan.limit)
 
 
 @flow(name="aigc-batch", log_prints=True, validate_parameters=True,

@@ -160,13 +160,12 @@ def test_third_run_does_nothing_and_the_index_lists_every_article(batch_run):
                                                                       "urban-heat-islands"]
 
 
-def test_lane_limit_a_local_models_bound_is_a_ceiling_an_apis_a_default():
+def test_lane_limit_one_article_backends_stay_at_one_apis_follow_concurrency():
     from aigc import batch as batches
     from flows.batch import _lane_limit
 
-    def plan(limit: int, ceiling: bool):
-        return batches.Plan(item=None, key="", lane="x", limit=limit, done=None, ceiling=ceiling)
+    def plan(limit: int):
+        return batches.Plan(item=None, key="", lane="x", limit=limit, done=None)
 
-    assert [_lane_limit(plan(2, True), c) for c in (None, 1, 8)] == [2, 1, 2]  # local: two at most
-    assert [_lane_limit(plan(4, False), c) for c in (None, 1, 8)] == [4, 1, 8]  # an API: --concurrency rules
-    assert [_lane_limit(plan(1, False), c) for c in (None, 8)] == [1, 1]
+    assert [_lane_limit(plan(4), c) for c in (None, 1, 8)] == [4, 1, 8]  # an API: --concurrency rules
+    assert [_lane_limit(plan(1), c) for c in (None, 8)] == [1, 1]  # a local model: one at a time

@@ -325,7 +325,7 @@ def test_embedded_model_id_without_loading():
     backend = LocalBackend.from_options()
     assert backend.model_id == "SmolLM2-135M-Instruct"
     assert LocalBackend.supports_chat and LocalBackend.supports_batching
-    assert LocalBackend.max_concurrent_articles == 1 and LocalBackend.concurrency_is_ceiling
+    assert LocalBackend.max_concurrent_articles == 1
 
 
 @pytest.mark.slow

@@ -103,9 +103,6 @@ class Backend(ABC):
     supports_prefill: ClassVar[bool] = False
     #: How many articles of a batch may run at once against this backend.
     max_concurrent_articles: ClassVar[int] = 1
-    #: Whether that number is a ceiling (``aigc batch --concurrency`` may only lower it, as for a local
-    #: model) rather than a default that ``--concurrency`` replaces (an API).
-    concurrency_is_ceiling: ClassVar[bool] = False
 
     @property
     @abstractmethod

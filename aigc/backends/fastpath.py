@@ -288,5 +288,5 @@ def use_decode_attention(model: Any) -> bool:
     return model.config._attn_implementation == DECODE_ATTENTION
 
 
-__all__ = ["DECODE_ATTENTION", "decode_attention", "growing_cache", "mkldnn_linear_available", "pack_linears", "prefix_groups", "shared_prefill_layout",
-           "top_k_top_p_sampler", "use_decode_attention"]
+__all__ = ["DECODE_ATTENTION", "decode_attention", "growing_cache", "mkldnn_linear_available", "pack_linears",
+           "prefix_groups", "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]

@@ -130,7 +130,6 @@ class LocalBackend(Backend):
     #: One article at a time in ``aigc batch``: two side by side, their calls merged, were 1.32x faster with
     #: fixed outlines but 0.92x through the batch flow with generated ones (benchmarks/bench.py, 2b and 4b).
     max_concurrent_articles: ClassVar[int] = 1
-    concurrency_is_ceiling: ClassVar[bool] = True
 
     def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
         self.options = options or LocalOptions()
