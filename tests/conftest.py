@@ -32,8 +32,9 @@ def default_reply(request: GenerationRequest) -> str:
     if request.prefill.startswith("1."):
         n = 5
         text = request.messages[-2].content if request.messages else ""
-        for word in text.split():
-            if word.isdigit():
+        words = text.split()
+        for before, word in zip(words, words[1:]):  # "exactly N": a topic may hold digits too ("Flow test 60025261")
+            if before == "exactly" and word.isdigit():
                 n = int(word)
                 break
         return "".join(f" Part {chr(65 + i)} of the story\n{i + 2}." for i in range(n))[: -len(f"\n{n + 1}.")]
