@@ -218,3 +218,91 @@ def test_local_backend_switches_attention_on_cpu_only_when_asked(tmp_path):
         assert backend.describe()["attention"] == (expected if wanted else "default")  # before loading: the plan
         backend.load()
         assert backend.describe()["attention"] == expected
+
+
+# -- the fused decode step of Llama-family models -----------------------------------------------------
+
+def _tiny_llama(**overrides):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, **overrides)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@needs_onednn
+@pytest.mark.parametrize("cache_kind", ["growing", "dynamic"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_decode_step_gives_transformers_logits(monkeypatch, cache_kind, bias):
+    """Prefill (transformers' forward reading the fused q/k/v and gate/up) and 6 decode steps (aigc's), left padding."""
+    import copy
+
+    from transformers import DynamicCache
+
+    plain = _tiny_llama(attention_bias=bias, mlp_bias=bias)
+    fused = copy.deepcopy(plain)
+    assert fastpath.install_fused_decode(fused, rows_hint=3)
+    fastpath.pack_linears(fused, 3)
+    steps = []
+    real_step = fastpath._decode_step
+    monkeypatch.setattr(fastpath, "_decode_step", lambda model, kwargs: steps.append(1) or real_step(model, kwargs))
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15], [0, 20, 21, 22, 23, 24, 25]])
+    mask = (ids != 0).long()
+    caches = [fastpath.growing_cache(m, 16) if cache_kind == "growing" else DynamicCache(config=m.config)
+              for m in (plain, fused)]
+    with torch.inference_mode():
+        want = plain(input_ids=ids, attention_mask=mask, cache=caches[0], use_cache=True).logits[:, -1]
+        got = fused(input_ids=ids, attention_mask=mask, cache=caches[1], use_cache=True).logits[:, -1]
+        for step in range(7):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            token = want.argmax(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            want = plain(input_ids=token, attention_mask=mask, cache=caches[0], use_cache=True).logits[:, -1]
+            got = fused(input_ids=token, attention_mask=mask, cache=caches[1], use_cache=True).logits[:, -1]
+    assert len(steps) == 7  # every one-token call took the fused step; the prefill did not
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 14
+
+
+@needs_onednn
+def test_fused_decode_keeps_generate_output_and_declines_other_models():
+    import copy
+
+    plain = _tiny_llama()
+    fused = copy.deepcopy(plain)
+    assert fastpath.install_fused_decode(fused, rows_hint=2)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13]])
+    settings = dict(attention_mask=(ids != 0).long(), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.inference_mode():
+        assert torch.equal(fused.generate(ids, **settings), plain.generate(ids, **settings))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    assert "not 'llama'" in fastpath.fused_decode_unsupported(gpt2)
+    assert not fastpath.install_fused_decode(gpt2, 2) and "forward" not in vars(gpt2)
+    half = _tiny_llama().to(torch.bfloat16)
+    assert "float32" in fastpath.fused_decode_unsupported(half)
+    assert not fastpath.install_fused_decode(half, 2)
+
+
+@needs_onednn
+def test_local_backend_fused_decode_is_the_default_and_keeps_greedy_output(tmp_path):
+    """Both ways, with rows sharing a prompt prefix: the same greedy tokens; describe() says which decode step ran."""
+    from aigc.backends.base import GenerationRequest
+    from aigc.backends.local import LocalBackend
+
+    folder = _save_tiny(tmp_path / "m", positions=128)
+    shared = " ".join(f"w{i}" for i in range(10, 70))
+    requests = [GenerationRequest(prompt=p, max_new_tokens=8, temperature=0.0)
+                for p in (f"{shared} w100 w101", f"{shared} w120", "w200 w201", "w5")]
+    runs = {}
+    for wanted in (True, False):
+        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
+                                            fused_decode=wanted, repetition_penalty=1.0, max_batch_size=4)
+        expected = fastpath.FUSED_DECODE if wanted else "transformers"
+        assert backend.describe()["decode"] == expected  # the plan, before loading
+        runs[wanted] = [c.text for c in backend.generate(requests)]
+        assert backend.describe()["decode"] == expected
+    assert runs[True] == runs[False]
+    assert all(t.strip() for t in runs[True])
+    gpt2 = LocalBackend.from_options(model=str(_save_tiny(tmp_path / "g", "gpt2")), device="cpu", dtype="float32",
+                                     threads=1)
+    gpt2.load()
+    assert gpt2.describe()["decode"] == "transformers"  # asked for, but GPT-2 is not a Llama

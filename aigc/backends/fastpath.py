@@ -10,6 +10,7 @@ work.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ def mkldnn_linear_available() -> bool:
         return False
 
 
+@functools.cache
 def _packed_linear_class():
     import torch
 
@@ -177,6 +179,7 @@ def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int
     }
 
 
+@functools.cache
 def _growing_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -288,5 +291,207 @@ def use_decode_attention(model: Any) -> bool:
     return model.config._attn_implementation == DECODE_ATTENTION
 
 
-__all__ = ["DECODE_ATTENTION", "decode_attention", "growing_cache", "mkldnn_linear_available", "pack_linears",
-           "prefix_groups", "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]
+# -- one decode step of a Llama-family model -------------------------------------------------------
+
+#: What ``LocalBackend.describe()`` calls the decode step of :func:`install_fused_decode`.
+FUSED_DECODE = "aigc-fused"
+
+
+def fused_decode_unsupported(model: Any) -> str | None:
+    """Why :func:`install_fused_decode` cannot take ``model``, or None when it can.
+
+    It takes a Llama-architecture causal LM (SmolLM2, Llama, TinyLlama...) whose linear layers are
+    still plain float32 ``nn.Linear`` on the CPU, with SiLU gating and RMS norms.
+    """
+    import torch
+
+    config = model.config
+    if getattr(config, "model_type", None) != "llama" or getattr(config, "is_encoder_decoder", False):
+        return f"model type {getattr(config, 'model_type', None)!r} is not 'llama'"
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        return "the model's activation is not SiLU or it splits its linear layers (pretraining_tp)"
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not layers or not hasattr(model.model, "rotary_emb") or not hasattr(model.model, "norm"):
+        return "the model has no model.layers, model.rotary_emb or model.norm"
+    for layer in layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        linears = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")] + [
+            getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if any(type(lin) is not torch.nn.Linear or lin.weight.dtype != torch.float32 or lin.weight.device.type != "cpu"
+               for lin in linears):
+            return "its linear layers are not plain float32 nn.Linear on the CPU"
+        if not all(hasattr(norm, "variance_epsilon") for norm in (layer.input_layernorm, layer.post_attention_layernorm)):
+            return "its norms are not RMS norms"
+    return None
+
+
+@functools.cache
+def _shared_output_class():
+    import torch
+
+    class SharedOutput(torch.nn.Module):
+        """One projection (q, k or v; gate or up) read off a fused linear that computes them all at once.
+
+        Transformers' own forward (prefill, scoring) still calls ``q_proj``, ``k_proj`` and ``v_proj``
+        in turn on one input: the first computes the fused product and keeps it, the others slice
+        it while their input is the same tensor (else they compute it again), and the last lets it go.
+        """
+
+        def __init__(self, fused: torch.nn.Module, start: int, stop: int, memo: dict, role: str):
+            super().__init__()
+            self.fused, self.start, self.stop, self.role = fused, start, stop, role
+            self.in_features, self.out_features = fused.in_features, stop - start
+            self._memo = memo
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            memo = self._memo
+            if self.role == "first" or memo.get("x") is not x:
+                memo["x"], memo["y"] = x, self.fused(x)
+            out = memo["y"][..., self.start : self.stop]
+            if self.role == "last":
+                memo.clear()
+            return out
+
+        def extra_repr(self) -> str:
+            return f"out_features {self.start}:{self.stop} of a fused linear of {self.fused.out_features}"
+
+    return SharedOutput
+
+
+def _fuse(linears: Sequence[Any], rows_hint: int) -> tuple[Any, list[Any]]:
+    """One packed linear computing ``linears`` side by side, and a SharedOutput standing in for each."""
+    import torch
+
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    biases = [lin.bias for lin in linears]
+    # on the meta device: no random initialisation of weights that are replaced at once (1 s for SmolLM2)
+    fused_linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=biases[0] is not None, device="meta")
+    fused_linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if biases[0] is not None:
+        fused_linear.bias = torch.nn.Parameter(torch.cat([b.detach() for b in biases]), requires_grad=False)
+    fused = _packed_linear_class()(fused_linear, rows_hint)
+    memo: dict = {}
+    parts, start = [], 0
+    cls = _shared_output_class()
+    for i, lin in enumerate(linears):
+        role = "first" if i == 0 else "last" if i == len(linears) - 1 else "middle"
+        parts.append(cls(fused, start, start + lin.out_features, memo, role))
+        start += lin.out_features
+    return fused, parts
+
+
+def install_fused_decode(model: Any, rows_hint: int) -> bool:
+    """Give a Llama-family CPU float32 model aigc's own decode step; False (model untouched) if it cannot take one.
+
+    Each layer's q/k/v projections become one pre-packed linear, and so do gate/up (at batch 16 the
+    fused products run faster than three or two small ones). A forward call for one new token per
+    row into a dynamic KV cache (every ``generate()`` step after the first) then runs
+    :func:`_decode_step`: the same arithmetic as transformers' forward, without its per-module
+    dispatch. Every other call (prefill, scoring, training-style calls) goes to transformers' forward,
+    whose projections read the fused products. Needs oneDNN's packed linear ops.
+    """
+    reason = fused_decode_unsupported(model)
+    if reason is None and not mkldnn_linear_available():
+        reason = "oneDNN pre-packed linear ops are not in this torch build"
+    if reason is not None:
+        log.info("decode step stays transformers': %s", reason)
+        return False
+    fused_layers = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, (attn.q_proj, attn.k_proj, attn.v_proj) = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], rows_hint)
+        gate_up, (mlp.gate_proj, mlp.up_proj) = _fuse([mlp.gate_proj, mlp.up_proj], rows_hint)
+        fused_layers.append((qkv, gate_up))
+    model._aigc_fused_layers = fused_layers
+    original = model.forward
+
+    @functools.wraps(original)  # its signature too: callers inspect which arguments forward() takes
+    def forward(*args: Any, **kwargs: Any):
+        if not args and _decode_step_applies(model, kwargs):
+            return _decode_step(model, kwargs)
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    return True
+
+
+#: forward() arguments the decode step understands; any other (inputs_embeds, labels, ...) goes to transformers.
+_STEP_ARGS = {"input_ids", "attention_mask", "position_ids", "cache", "past_key_values", "use_cache", "logits_to_keep",
+              "return_dict", "cache_position", "output_attentions", "output_hidden_states"}
+
+
+def _decode_step_applies(model: Any, kwargs: dict) -> bool:
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    ids = kwargs.get("input_ids")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if (not kwargs.keys() <= _STEP_ARGS or ids is None or ids.dim() != 2 or ids.shape[1] != 1 or torch.is_grad_enabled()
+            or kwargs.get("return_dict") is False or kwargs.get("output_attentions")
+            or kwargs.get("output_hidden_states") or kwargs.get("use_cache") is False):
+        return False
+    if not isinstance(cache, DynamicCache) or len(cache.layers) != len(model.model.layers):
+        return False
+    if not all(type(layer) in (DynamicLayer, _growing_layer_class()) and layer.is_initialized for layer in cache.layers):
+        return False
+    mask = kwargs.get("attention_mask")
+    seen = cache.get_seq_length()
+    if mask is not None and (mask.dim() != 2 or mask.shape[1] != seen + 1):
+        return False
+    return cache.layers[0].keys.shape[0] == ids.shape[0]
+
+
+def _decode_step(model: Any, kwargs: dict):
+    """Logits of one new token per row, the KV cache updated: transformers' Llama forward, written out."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    inner = model.model
+    ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    batch = ids.shape[0]
+    positions = kwargs.get("position_ids")
+    if positions is None:  # as transformers' forward: the cache's length (RoPE sees only differences of positions)
+        positions = torch.full((batch, 1), cache.get_seq_length(), device=ids.device)
+    hidden = inner.embed_tokens(ids)[:, 0]  # (batch, hidden)
+    cos, sin = inner.rotary_emb(hidden, positions)  # (batch, 1, head_dim)
+    bias = None
+    if mask is not None and not bool(mask.all()):
+        bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(mask == 0, float("-inf"))
+        bias = bias[:, None, None, :]
+    width = hidden.shape[-1]
+    for i, (layer, (qkv, gate_up)) in enumerate(zip(inner.layers, model._aigc_fused_layers)):
+        attn = layer.self_attn
+        x = F.rms_norm(hidden, (width,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        q_size, kv_size = attn.q_proj.out_features, attn.k_proj.out_features
+        q, k, v = qkv(x).split((q_size, kv_size, kv_size), dim=-1)
+        dim = attn.head_dim
+        q, k = _rotate(q.view(batch, -1, dim), cos, sin), _rotate(k.view(batch, -1, dim), cos, sin)
+        keys, values = cache.update(k[:, :, None], v.view(batch, -1, 1, dim), i)  # (batch, kv_heads, seen + 1, dim)
+        kv_heads = keys.shape[1]
+        scores = torch.matmul(q.view(batch, kv_heads, -1, dim), keys.transpose(-1, -2)) * attn.scaling
+        if bias is not None:
+            scores = scores + bias
+        out = torch.matmul(torch.softmax(scores, dim=-1), values).reshape(batch, -1)
+        hidden = hidden + attn.o_proj(out)
+        norm = layer.post_attention_layernorm
+        x = F.rms_norm(hidden, (width,), norm.weight, norm.variance_epsilon)
+        gate, up = gate_up(x).chunk(2, dim=-1)
+        hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
+    hidden = F.rms_norm(hidden, (width,), inner.norm.weight, inner.norm.variance_epsilon)
+    return CausalLMOutputWithPast(logits=model.lm_head(hidden)[:, None, :], cache=cache)
+
+
+def _rotate(x: Any, cos: Any, sin: Any) -> Any:
+    """Rotary position embedding of ``x`` (batch, heads, head_dim), as transformers' ``apply_rotary_pos_emb``."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "growing_cache",
+           "install_fused_decode", "mkldnn_linear_available", "pack_linears", "prefix_groups", "shared_prefill_layout",
+           "top_k_top_p_sampler", "use_decode_attention"]

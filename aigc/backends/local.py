@@ -23,8 +23,8 @@ from aigc.errors import BackendError, ConfigError, MissingDependencyError
 log = logging.getLogger(__name__)
 
 #: Loaded models shared by every LocalBackend of this process:
-#: (path, device, dtype, kernels, attention) -> (model, tokenizer, batcher, kernels).
-_MODELS: dict[tuple[str, str, str, str, str], tuple[Any, Any, _Batcher, str]] = {}
+#: (path, device, dtype, kernels, attention, decode) -> (model, tokenizer, batcher, kernels, decode).
+_MODELS: dict[tuple[str, str, str, str, str, str], tuple[Any, Any, _Batcher, str, str]] = {}
 _MODELS_LOCK = threading.Lock()
 #: Threads writing an article with a local model now (thread id -> nesting depth); see LocalBackend.article.
 _ARTICLES: dict[int, int] = {}
@@ -60,6 +60,8 @@ class LocalOptions(BaseModel):
     reserve_cache: bool = True
     #: CPU: attention of each new token as two matrix products (faster than PyTorch's flash kernel for one query).
     decode_attention: bool = True
+    #: CPU, float32, Llama-family models: q/k/v and gate/up fused, and each new token by aigc's own decode step.
+    fused_decode: bool = True
 
 
 def _torch():
@@ -135,11 +137,11 @@ class LocalBackend(Backend):
         self.options = options or LocalOptions()
         if (model is None) != (tokenizer is None):
             raise ConfigError("LocalBackend: pass both 'model' and 'tokenizer', or neither")
-        self._loaded: tuple[Any, Any, _Batcher, str] | None = None
+        self._loaded: tuple[Any, Any, _Batcher, str, str] | None = None
         self._given = model
         if model is not None:
             _prepare_tokenizer(tokenizer)
-            self._loaded = (model.eval(), tokenizer, _Batcher(), "default")
+            self._loaded = (model.eval(), tokenizer, _Batcher(), "default", "transformers")
         self._batch_size: int | None = self.options.max_batch_size
 
     @classmethod
@@ -186,19 +188,28 @@ class LocalBackend(Backend):
 
         return DECODE_ATTENTION if device == "cpu" and self.options.decode_attention else "default"
 
+    def _decode(self, kernels: str) -> str:
+        """The decode step asked for: aigc's fused one (see :func:`fastpath.install_fused_decode`) with packed kernels, else transformers'."""
+        from aigc.backends.fastpath import FUSED_DECODE
+
+        return FUSED_DECODE if kernels == "onednn-packed" and self.options.fused_decode else "transformers"
+
     def describe(self) -> dict:
-        """Backend, model, device, dtype, linear kernels, attention and batch size (``"auto"`` until the model is loaded)."""
+        """Backend, model, device, dtype, linear kernels, attention, decode step and batch size ("auto" until loaded)."""
         device, dtype = self._device(), self._dtype()
         if self._loaded is not None:
             kernels, attention = self._loaded[3], getattr(self._loaded[0].config, "_attn_implementation", None) or "default"
+            decode = self._loaded[4]
         else:
             kernels, attention = self._kernels(device, dtype), self._attention(device)
+            decode = self._decode(kernels)
         return {
             **super().describe(),
             "device": device,
             "dtype": dtype,
             "kernels": kernels,
             "attention": attention,
+            "decode": decode,
             "max_batch_size": self._batch_size or "auto",
         }
 
@@ -223,7 +234,8 @@ class LocalBackend(Backend):
         """Load (once per process) and return ``(model, tokenizer)``."""
         if self._loaded is None:
             path, device, dtype = self._model_path(), self._device(), self._dtype()
-            key = (path, device, dtype, self._kernels(device, dtype), self._attention(device))
+            kernels = self._kernels(device, dtype)
+            key = (path, device, dtype, kernels, self._attention(device), self._decode(kernels))
             with _MODELS_LOCK:
                 if key not in _MODELS:
                     _MODELS[key] = run_on_model_thread(lambda: self._load_fresh(*key))
@@ -232,7 +244,8 @@ class LocalBackend(Backend):
             self._batch_size = self._auto_batch_size()
         return self._loaded[0], self._loaded[1]
 
-    def _load_fresh(self, path: str, device: str, dtype: str, kernels: str, attention: str) -> tuple[Any, Any, _Batcher, str]:
+    def _load_fresh(self, path: str, device: str, dtype: str, kernels: str, attention: str,
+                    decode: str) -> tuple[Any, Any, _Batcher, str, str]:
         torch, transformers = _torch()
         if device == "cpu":
             torch.set_num_threads(self.options.threads or os.cpu_count() or 1)
@@ -254,23 +267,25 @@ class LocalBackend(Backend):
                 retryable=False,
             ) from exc
         model.eval()
-        kernels = self._speed_up(model, kernels, attention)
+        kernels, decode = self._speed_up(model, kernels, attention, decode)
         _prepare_tokenizer(tokenizer)
-        log.info("Loaded local model %s on %s (%s, %s kernels, %s attention) in %.1f s", path, device, dtype, kernels,
-                 model.config._attn_implementation, time.perf_counter() - start)
-        return model, tokenizer, _Batcher(), kernels
+        log.info("Loaded local model %s on %s (%s, %s kernels, %s attention, %s decode step) in %.1f s", path, device,
+                 dtype, kernels, model.config._attn_implementation, decode, time.perf_counter() - start)
+        return model, tokenizer, _Batcher(), kernels, decode
 
-    def _speed_up(self, model: Any, kernels: str, attention: str) -> str:
-        """Apply the CPU fast path chosen by :meth:`_kernels` and :meth:`_attention`; return the kernels really applied."""
+    def _speed_up(self, model: Any, kernels: str, attention: str, decode: str) -> tuple[str, str]:
+        """Apply the CPU fast path chosen by :meth:`_kernels`, :meth:`_attention` and :meth:`_decode`; return what really applies."""
         from aigc.backends import fastpath
 
         if attention == fastpath.DECODE_ATTENTION:
             fastpath.use_decode_attention(model)
         if kernels == "onednn-packed":
             rows = min(self.options.max_batch_size or _BATCH_CAP["cpu"], _BATCH_CAP["cpu"])
+            if decode == fastpath.FUSED_DECODE and not fastpath.install_fused_decode(model, rows):
+                decode = "transformers"
             if not fastpath.pack_linears(model, rows):
-                return "default"
-        return kernels
+                return "default", decode  # no oneDNN: install_fused_decode said no as well
+        return kernels, decode
 
     def _auto_batch_size(self) -> int:
         torch, _ = _torch()
@@ -311,7 +326,7 @@ class LocalBackend(Backend):
                 _ARTICLES[me] -= 1
                 if not _ARTICLES[me]:
                     del _ARTICLES[me]
-            for _model, _tokenizer, batcher, _kernels in list(_MODELS.values()):
+            for _model, _tokenizer, batcher, *_how in list(_MODELS.values()):
                 batcher.wake()  # a leader waiting for this article stops waiting
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -629,8 +644,8 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def loaded_models() -> list[tuple[str, str, str, str, str]]:
-    """Keys (path, device, dtype, kernels, attention) of the models loaded in this process."""
+def loaded_models() -> list[tuple[str, str, str, str, str, str]]:
+    """Keys (path, device, dtype, kernels, attention, decode) of the models loaded in this process."""
     return list(_MODELS)
 
 
