@@ -39,10 +39,12 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/", err=True)
     from aigc.cli import quiet_tracebacks
     from flows.batch import batch_flow
+    from flows.common import in_process_run
 
     quiet_tracebacks()
-    state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
-                       max_items=max_items, templates_dir=templates_dir, return_state=True)
+    with in_process_run():
+        state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
+                           max_items=max_items, templates_dir=templates_dir, return_state=True)
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException) or not isinstance(summary, dict):
         if isinstance(summary, AigcError):

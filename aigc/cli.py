@@ -179,14 +179,16 @@ def write(topic: str, outline_file: str | None, outputs_dir: str | None, templat
         click.echo(f"Writing {spec.style} '{spec.topic}' ({spec.sections} sections, ~{spec.words} words) "
                    f"with {spec.backend}{' / ' + options['model'] if options.get('model') else ''}...", err=True)
         from flows.article import article_flow
+        from flows.common import in_process_run
 
         quiet_tracebacks()
-        result = article_flow(
-            topic=spec.topic, style=spec.style, sections=spec.sections, words=spec.words, seed=spec.seed,
-            backend=spec.backend, outline=list(spec.outline) if spec.outline else None,
-            temperature=spec.temperature, top_p=spec.top_p, outputs_dir=outputs_dir,
-            templates_dir=templates_dir, overwrite=overwrite, backend_options=options,
-        )
+        with in_process_run():
+            result = article_flow(
+                topic=spec.topic, style=spec.style, sections=spec.sections, words=spec.words, seed=spec.seed,
+                backend=spec.backend, outline=list(spec.outline) if spec.outline else None,
+                temperature=spec.temperature, top_p=spec.top_p, outputs_dir=outputs_dir,
+                templates_dir=templates_dir, overwrite=overwrite, backend_options=options,
+            )
     except AigcError as err:
         _fail(err)
     steps = ", ".join(f"{k} {v.lower()}" for k, v in result.get("steps", {}).items())

@@ -347,6 +347,9 @@ def bench_start(ctx: dict) -> dict:
             run_on_model_thread(lambda: convert_gguf(Path(tmp) / "model"))
             conv.append(time.perf_counter() - started)
         say(f"  rep {rep + 1} GGUF conversion: {conv[-1]:.1f} s")
+        # not timed: the conversion has just written (and deleted) a 540 MB file; without this the fresh process
+        # below ran while the kernel still wrote it back, and its load took about 2 s instead of about 1 s
+        os.sync()
         started = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", f"THREADS = {THREADS!r}\n" + _FRESH], capture_output=True, text=True, check=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -442,6 +445,7 @@ def bench_flow(ctx: dict) -> dict:
         from aigc import pipeline
         from aigc.spec import ArticleSpec
         from flows.article import article_flow
+        from flows.common import in_process_run
 
         n, words = ctx["article_sections"], ctx["article_words"]
         params = lambda i: dict(topic=TOPICS[i % len(TOPICS)], sections=n, words=words, seed=100 + i)
@@ -452,8 +456,9 @@ def bench_flow(ctx: dict) -> dict:
         backend.load()
         warm(backend)
         started = time.perf_counter()  # first flow call in the process: client start-up, flow registration
-        article_flow(topic="Warm-up article", sections=1, words=30, seed=1, outline=["Warm up"],
-                     outputs_dir=str(tmp / "warm"), **({"backend_options": {"threads": THREADS}} if THREADS else {}))
+        with in_process_run():
+            article_flow(topic="Warm-up article", sections=1, words=30, seed=1, outline=["Warm up"],
+                         outputs_dir=str(tmp / "warm"), **({"backend_options": {"threads": THREADS}} if THREADS else {}))
         first_call = time.perf_counter() - started
         say(f"flow: warm-up flow call {first_call:.1f} s (not counted)")
         reps = []
@@ -467,13 +472,15 @@ def bench_flow(ctx: dict) -> dict:
 
             def flow():
                 t = time.perf_counter()
-                res = article_flow(**p, outputs_dir=str(tmp / "flow"))
+                with in_process_run():  # as `aigc write` runs it
+                    res = article_flow(**p, outputs_dir=str(tmp / "flow"))
                 r["flow"], r["flow_words"], r["flow_steps"] = time.perf_counter() - t, res["words"], res["steps"]
 
             for step in ((direct, flow) if i % 2 == 0 else (flow, direct)):
                 step()
             t = time.perf_counter()
-            res = article_flow(**p, outputs_dir=str(tmp / "flow"))
+            with in_process_run():
+                res = article_flow(**p, outputs_dir=str(tmp / "flow"))
             r["cached"], r["cached_steps"], r["cached_status"] = time.perf_counter() - t, res["steps"], res["status"]
             r["overhead"] = (r["flow"] - r["direct"]) / r["direct"]
             r["cached_ratio"] = r["cached"] / r["flow"]
@@ -522,6 +529,7 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
 
     from aigc.backends.local import LocalBackend
     from flows.batch import batch_flow
+    from flows.common import in_process_run
 
     n, sections, words = ctx["batch_items"], ctx["batch_sections"], ctx["batch_words"]
     modes = {"one article at a time (aigc's default)": 1, "two side by side, shared calls": 2}
@@ -541,7 +549,8 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
             LocalBackend.max_concurrent_articles = modes[mode]
             try:
                 started = time.perf_counter()
-                summary = batch_flow(batch_file=str(path), outputs_dir=str(tmp / "batches"))
+                with in_process_run():  # as `aigc batch` runs it
+                    summary = batch_flow(batch_file=str(path), outputs_dir=str(tmp / "batches"))
                 seconds = time.perf_counter() - started
             finally:
                 LocalBackend.max_concurrent_articles = bound

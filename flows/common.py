@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from aigc.errors import BackendError
@@ -17,3 +20,22 @@ def retry_if_retryable(task, task_run, state) -> bool:
     except Exception:  # pragma: no cover - result not retrievable
         return False
     return isinstance(exc, BackendError) and exc.retryable
+
+
+@contextlib.contextmanager
+def in_process_run() -> Iterator[None]:
+    """Prefect settings for a flow that aigc's CLI runs in its own process and waits for.
+
+    Prefect's flow-run heartbeat (which lets a server notice runs whose worker died) runs on a
+    thread that the engine joins when the run ends, and that thread sleeps in 1 s steps: every run
+    waited up to a second for it (0.74 s of a 1.14 s cached re-run). A run in the CLI's own process
+    ends or fails in front of its user, so it goes without the heartbeat, unless
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set. Runs of served deployments keep Prefect's setting.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:  # the user's own choice
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

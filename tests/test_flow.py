@@ -79,3 +79,33 @@ def test_cli_write_runs_the_flow_and_prints_the_files(fake_backend, topic, tmp_p
     folder = tmp_path / "cli" / topic.lower().replace(" ", "-")
     for name in ("article.md", "article.html", "article.json"):
         assert str(folder / name) in result.output and (folder / name).is_file()
+
+
+
+def test_cli_runs_go_without_prefect_heartbeat_unless_the_user_set_one(monkeypatch, fake_backend, topic, tmp_path):
+    """The heartbeat thread made every in-process run wait up to 1 s at its end; a user's own setting wins."""
+    import threading
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    from flows.common import in_process_run
+
+    started = []
+    real_start = threading.Thread.start
+    # what each thread will run, noted at its start (a finished thread forgets its arguments)
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda self: started.append(repr(getattr(self, "_args", ()))) or real_start(self))
+
+    def heartbeat_threads():
+        return [args for args in started if "heartbeat_loop" in args]
+
+    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: on
+    with in_process_run():
+        assert get_current_settings().flows.heartbeat_frequency is None
+        run(topic, tmp_path)
+    assert heartbeat_threads() == []
+    run(topic, tmp_path)  # outside it: Prefect's own way
+    assert len(heartbeat_threads()) == 1
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):  # as if set in a profile or the env
+        with in_process_run():
+            assert get_current_settings().flows.heartbeat_frequency == 60

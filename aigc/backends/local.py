@@ -129,8 +129,8 @@ class LocalBackend(Backend):
     supports_chat: ClassVar[bool] = True
     supports_batching: ClassVar[bool] = True
     supports_prefill: ClassVar[bool] = True
-    #: One article at a time in ``aigc batch``: two side by side, their calls merged, were 1.32x faster with
-    #: fixed outlines but 0.92x through the batch flow with generated ones (benchmarks/bench.py, 2b and 4b).
+    #: One article at a time in ``aigc batch``: two side by side, their calls merged, were 1.32-1.34x faster with
+    #: fixed outlines but 0.92-1.00x through the batch flow with generated ones (benchmarks/bench.py, 2b and 4b).
     max_concurrent_articles: ClassVar[int] = 1
 
     def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
