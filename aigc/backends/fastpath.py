@@ -443,10 +443,14 @@ def _decode_step_applies(model: Any, kwargs: dict) -> bool:
 
 
 def _decode_step(model: Any, kwargs: dict):
-    """Logits of one new token per row, the KV cache updated: transformers' Llama forward, written out."""
+    """Logits of one new token per row, the KV cache updated: transformers' Llama forward, written out.
+
+    Rotary embedding and attention are transformers' ``apply_rotary_pos_emb`` and :func:`decode_attention`.
+    """
     import torch
     import torch.nn.functional as F
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     inner = model.model
     ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
@@ -467,29 +471,17 @@ def _decode_step(model: Any, kwargs: dict):
         x = F.rms_norm(hidden, (width,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         q_size, kv_size = attn.q_proj.out_features, attn.k_proj.out_features
         q, k, v = qkv(x).split((q_size, kv_size, kv_size), dim=-1)
-        dim = attn.head_dim
-        q, k = _rotate(q.view(batch, -1, dim), cos, sin), _rotate(k.view(batch, -1, dim), cos, sin)
-        keys, values = cache.update(k[:, :, None], v.view(batch, -1, 1, dim), i)  # (batch, kv_heads, seen + 1, dim)
-        kv_heads = keys.shape[1]
-        scores = torch.matmul(q.view(batch, kv_heads, -1, dim), keys.transpose(-1, -2)) * attn.scaling
-        if bias is not None:
-            scores = scores + bias
-        out = torch.matmul(torch.softmax(scores, dim=-1), values).reshape(batch, -1)
-        hidden = hidden + attn.o_proj(out)
+        dim = attn.head_dim  # below: (batch, heads, 1, dim), as transformers' attention has them
+        q, k = apply_rotary_pos_emb(q.view(batch, -1, 1, dim), k.view(batch, -1, 1, dim), cos, sin)
+        keys, values = cache.update(k, v.view(batch, -1, 1, dim), i)  # (batch, kv_heads, seen + 1, dim)
+        out, _ = decode_attention(attn, q, keys, values, bias, scaling=attn.scaling)
+        hidden = hidden + attn.o_proj(out.reshape(batch, -1))
         norm = layer.post_attention_layernorm
         x = F.rms_norm(hidden, (width,), norm.weight, norm.variance_epsilon)
         gate, up = gate_up(x).chunk(2, dim=-1)
         hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
     hidden = F.rms_norm(hidden, (width,), inner.norm.weight, inner.norm.variance_epsilon)
     return CausalLMOutputWithPast(logits=model.lm_head(hidden)[:, None, :], cache=cache)
-
-
-def _rotate(x: Any, cos: Any, sin: Any) -> Any:
-    """Rotary position embedding of ``x`` (batch, heads, head_dim), as transformers' ``apply_rotary_pos_emb``."""
-    import torch
-
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 __all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "growing_cache",
