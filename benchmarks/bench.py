@@ -557,11 +557,11 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
             counts = summary["counts"] if isinstance(summary, dict) else {"failed": "?"}
             runs[mode].append({"seconds": seconds, "counts": counts})
             say(f"  rep {rep + 1} {mode}: {seconds:.1f} s, {counts}")
-    seq, par = (med([r["seconds"] for r in runs[m]]) for m in modes)
+    seconds = {m: med([r["seconds"] for r in v]) for m, v in runs.items()}
+    seq, par = seconds.values()
     return {"title": f"4b. A nightly batch through the Prefect batch flow ({n} local articles, {sections} sections, "
                      f"{words} words)",
-            "rows": [{"mode": m, "seconds": med([r["seconds"] for r in v]), "speed-up": seq / med([r["seconds"] for r in v])}
-                     for m, v in runs.items()],
+            "rows": [{"mode": m, "seconds": s, "speed-up": seq / s} for m, s in seconds.items()],
             "raw": runs, "targets": [],
             "note": f"Two local articles side by side, sharing generate() calls: {seq / par:.2f}x the speed of one at a time."}
 
