@@ -208,6 +208,20 @@ def test_decode_attention_matches_sdpa(mask_kind):
                                sdpa_attention_forward(module, prefill, k, v, None)[0])
 
 
+def test_decode_attention_keeps_a_float32_softmax_for_bfloat16():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    q, k, v = (torch.randn(shape).to(torch.bfloat16) for shape in ((3, 4, 1, 8), (3, 2, 40, 8), (3, 2, 40, 8)))
+    got, _ = fastpath.decode_attention(module, q, k, v, None)
+    want, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=1e-2)
+
+
 def test_local_backend_switches_attention_on_cpu_only_when_asked(tmp_path):
     from aigc.backends.local import LocalBackend
 

@@ -261,17 +261,30 @@ def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # the query heads of each key/value head
-    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
-    if attention_mask is not None:  # (batch, 1, 1, keys): True, or 0.0, where a key may be attended
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs, value)  # (batch, kv_heads, groups, dim)
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+    q = query.reshape(batch, key.shape[1], heads // key.shape[1], dim) * (scaling if scaling is not None else dim**-0.5)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        attention_mask = torch.zeros(attention_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            ~attention_mask, float("-inf"))
+    out = grouped_attention(q, key, value, attention_mask)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+def grouped_attention(query: Any, key: Any, value: Any, bias: Any = None) -> Any:
+    """``softmax(q k^T + bias) v`` for one new token per row, query heads grouped by their key/value head.
+
+    ``query``: (batch, kv_heads, groups, dim), already scaled; ``key``/``value``: (batch, kv_heads, keys, dim);
+    ``bias``: None or a float tensor broadcastable to (batch, kv_heads, groups, keys), ``-inf`` where a key
+    may not be attended. Returns (batch, kv_heads, groups, dim); query head ``h`` is ``(h // groups, h % groups)``,
+    as transformers' ``repeat_kv`` pairs them.
+    """
+    import torch
+
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if bias is not None:
+        scores.add_(bias)
+    if scores.dtype == torch.float32:
+        return torch.matmul(scores.softmax(-1), value)
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype), value)
 
 
 def use_decode_attention(model: Any) -> bool:
@@ -445,12 +458,13 @@ def _decode_step_applies(model: Any, kwargs: dict) -> bool:
 def _decode_step(model: Any, kwargs: dict):
     """Logits of one new token per row, the KV cache updated: transformers' Llama forward, written out.
 
-    Rotary embedding and attention are transformers' ``apply_rotary_pos_emb`` and :func:`decode_attention`.
+    The rotary embedding of all query and key heads is one ``addcmul``: ``rotate_half(x)`` is ``x`` rolled
+    by half a head with the first half negated, so the sign goes into ``sin``, and the attention scaling
+    into the query heads' ``cos`` and ``sin``. Attention is :func:`grouped_attention`.
     """
     import torch
     import torch.nn.functional as F
     from transformers.modeling_outputs import CausalLMOutputWithPast
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     inner = model.model
     ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
@@ -460,22 +474,28 @@ def _decode_step(model: Any, kwargs: dict):
     if positions is None:  # as transformers' forward: the cache's length (RoPE sees only differences of positions)
         positions = torch.full((batch, 1), cache.get_seq_length(), device=ids.device)
     hidden = inner.embed_tokens(ids)[:, 0]  # (batch, hidden)
-    cos, sin = inner.rotary_emb(hidden, positions)  # (batch, 1, head_dim)
+    first = inner.layers[0].self_attn
+    dim = first.head_dim
+    heads, kv_heads = first.q_proj.out_features // dim, first.k_proj.out_features // dim
+    cos, sin = inner.rotary_emb(hidden, positions)  # (batch, 1, dim)
+    half = dim // 2
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    scale = hidden.new_ones(heads + kv_heads, 1)
+    scale[:heads] = first.scaling
+    cos, sin = cos * scale, sin * scale  # (batch, heads + kv_heads, dim)
     bias = None
     if mask is not None and not bool(mask.all()):
         bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(mask == 0, float("-inf"))
         bias = bias[:, None, None, :]
-    width = hidden.shape[-1]
+    width, qk_size = hidden.shape[-1], (heads + kv_heads) * dim
     for i, (layer, (qkv, gate_up)) in enumerate(zip(inner.layers, model._aigc_fused_layers)):
-        attn = layer.self_attn
         x = F.rms_norm(hidden, (width,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-        q_size, kv_size = attn.q_proj.out_features, attn.k_proj.out_features
-        q, k, v = qkv(x).split((q_size, kv_size, kv_size), dim=-1)
-        dim = attn.head_dim  # below: (batch, heads, 1, dim), as transformers' attention has them
-        q, k = apply_rotary_pos_emb(q.view(batch, -1, 1, dim), k.view(batch, -1, 1, dim), cos, sin)
-        keys, values = cache.update(k, v.view(batch, -1, 1, dim), i)  # (batch, kv_heads, seen + 1, dim)
-        out, _ = decode_attention(attn, q, keys, values, bias, scaling=attn.scaling)
-        hidden = hidden + attn.o_proj(out.reshape(batch, -1))
+        y = qkv(x)  # q, k, v side by side
+        qk = y[:, :qk_size].view(batch, heads + kv_heads, dim)
+        qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
+        keys, values = cache.update(qk[:, heads:, None], y[:, qk_size:].view(batch, kv_heads, 1, dim), i)
+        out = grouped_attention(qk[:, :heads].view(batch, kv_heads, heads // kv_heads, dim), keys, values, bias)
+        hidden = hidden + layer.self_attn.o_proj(out.view(batch, -1))
         norm = layer.post_attention_layernorm
         x = F.rms_norm(hidden, (width,), norm.weight, norm.variance_epsilon)
         gate, up = gate_up(x).chunk(2, dim=-1)
@@ -484,6 +504,6 @@ def _decode_step(model: Any, kwargs: dict):
     return CausalLMOutputWithPast(logits=model.lm_head(hidden)[:, None, :], cache=cache)
 
 
-__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "growing_cache",
-           "install_fused_decode", "mkldnn_linear_available", "pack_linears", "prefix_groups", "shared_prefill_layout",
-           "top_k_top_p_sampler", "use_decode_attention"]
+__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "grouped_attention",
+           "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears", "prefix_groups",
+           "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]
