@@ -455,6 +455,18 @@ def _decode_step_applies(model: Any, kwargs: dict) -> bool:
     return cache.layers[0].keys.shape[0] == ids.shape[0]
 
 
+def _rms_norm(x: Any, norm: Any) -> Any:
+    """transformers' Llama RMS norm of float32 rows: ``x / sqrt(mean(x^2) + eps) * weight``.
+
+    For a decode step's few rows, ``F.rms_norm`` (several passes and copies) made the step 1-4% slower
+    than this one reduction (three interleaved runs of 60 steps each at batch 16).
+    """
+    import torch
+
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+    return x * scale.add_(norm.variance_epsilon).rsqrt_() * norm.weight
+
+
 def _decode_step(model: Any, kwargs: dict):
     """Logits of one new token per row, the KV cache updated: transformers' Llama forward, written out.
 
@@ -487,21 +499,20 @@ def _decode_step(model: Any, kwargs: dict):
     if mask is not None and not bool(mask.all()):
         bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(mask == 0, float("-inf"))
         bias = bias[:, None, None, :]
-    width, qk_size = hidden.shape[-1], (heads + kv_heads) * dim
+    qk_size = (heads + kv_heads) * dim
     for i, (layer, (qkv, gate_up)) in enumerate(zip(inner.layers, model._aigc_fused_layers)):
-        x = F.rms_norm(hidden, (width,), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        x = _rms_norm(hidden, layer.input_layernorm)
         y = qkv(x)  # q, k, v side by side
         qk = y[:, :qk_size].view(batch, heads + kv_heads, dim)
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
         keys, values = cache.update(qk[:, heads:, None], y[:, qk_size:].view(batch, kv_heads, 1, dim), i)
         out = grouped_attention(qk[:, :heads].view(batch, kv_heads, heads // kv_heads, dim), keys, values, bias)
         hidden = hidden + layer.self_attn.o_proj(out.view(batch, -1))
-        norm = layer.post_attention_layernorm
-        x = F.rms_norm(hidden, (width,), norm.weight, norm.variance_epsilon)
+        x = _rms_norm(hidden, layer.post_attention_layernorm)
         gate, up = gate_up(x).chunk(2, dim=-1)
         hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
-    hidden = F.rms_norm(hidden, (width,), inner.norm.weight, inner.norm.variance_epsilon)
-    return CausalLMOutputWithPast(logits=model.lm_head(hidden)[:, None, :], cache=cache)
+    logits = model.lm_head(_rms_norm(hidden, inner.norm))
+    return CausalLMOutputWithPast(logits=logits[:, None, :], cache=cache)
 
 
 __all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "grouped_attention",
