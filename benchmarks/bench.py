@@ -210,12 +210,13 @@ def bench_sweep(ctx: dict) -> dict:
         warm(backend)
     say(f"sweep: batch sizes {sizes}, fp32/bf16, greedy/sampled, {new} new tokens")
     res = {**ctx["shared"], **measure(configs, reps)}
-    b1 = res["fp32 sampled b1"]["tps"]
+    smallest = min(sizes)  # the ratio column's reference (batch 1 unless --batches leaves it out)
+    b1 = res[f"fp32 sampled b{smallest}"]["tps"]
     rows = []
     for name, dtype, mode, b, n in rows_def:
         v = res[name]
         rows.append({"config": name, "dtype": dtype, "decoding": mode, "batch": b, "requests": n, "new tokens": v["tokens"],
-                     "seconds": v["seconds"], "tokens/s": v["tps"], "ratio to fp32 b1": v["tps"] / b1})
+                     "seconds": v["seconds"], "tokens/s": v["tps"], f"ratio to fp32 b{smallest}": v["tps"] / b1})
     out = {"title": "2. Batch size, dtype and decoding sweep (local backend, max_batch_size = batch)",
            "settings": {"new_tokens": new, "batch_1_requests": ctx["b1_requests"]}, "rows": rows,
            "raw": {k: v for k, v in res.items() if k in configs}, "targets": []}
@@ -728,7 +729,6 @@ def bench_llamacpp(ctx: dict) -> dict:
                    "(benchmarks/llamacpp_batched.py, after llama.cpp's examples/batched). llama.cpp runs in a child "
                    "process."}
     if paired:
-        ctx["llamacpp_b16"] = tps[16]
         pairs = [a["tps"] / l["tps"] for a, l in zip(aigc_runs, runs[16])]
         aigc_tps = med([a["tps"] for a in aigc_runs])
         rows.append({"path": "aigc batch 16 (its defaults, fp32), alternating with llama.cpp batch 16", "requests": 16,
