@@ -81,7 +81,6 @@ def test_cli_write_runs_the_flow_and_prints_the_files(fake_backend, topic, tmp_p
         assert str(folder / name) in result.output and (folder / name).is_file()
 
 
-
 def test_cli_runs_go_without_prefect_heartbeat_unless_the_user_set_one(monkeypatch, fake_backend, topic, tmp_path):
     """The heartbeat thread made every in-process run wait up to 1 s at its end; a user's own setting wins."""
     import threading

@@ -263,10 +263,16 @@ def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     batch, heads, _, dim = query.shape
     q = query.reshape(batch, key.shape[1], heads // key.shape[1], dim) * (scaling if scaling is not None else dim**-0.5)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = torch.zeros(attention_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
-            ~attention_mask, float("-inf"))
+        attention_mask = blocked_bias(~attention_mask, q.dtype)
     out = grouped_attention(q, key, value, attention_mask)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+def blocked_bias(blocked: Any, dtype: Any) -> Any:
+    """An additive attention bias of ``dtype``: ``-inf`` where ``blocked`` (a bool tensor) is True, else 0."""
+    import torch
+
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
 
 
 def grouped_attention(query: Any, key: Any, value: Any, bias: Any = None) -> Any:
@@ -497,8 +503,7 @@ def _decode_step(model: Any, kwargs: dict):
     cos, sin = cos * scale, sin * scale  # (batch, heads + kv_heads, dim)
     bias = None
     if mask is not None and not bool(mask.all()):
-        bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(mask == 0, float("-inf"))
-        bias = bias[:, None, None, :]
+        bias = blocked_bias(mask == 0, hidden.dtype)[:, None, None, :]
     qk_size = (heads + kv_heads) * dim
     for i, (layer, (qkv, gate_up)) in enumerate(zip(inner.layers, model._aigc_fused_layers)):
         x = _rms_norm(hidden, layer.input_layernorm)
@@ -515,6 +520,6 @@ def _decode_step(model: Any, kwargs: dict):
     return CausalLMOutputWithPast(logits=logits[:, None, :], cache=cache)
 
 
-__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "decode_attention", "fused_decode_unsupported", "grouped_attention",
-           "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears", "prefix_groups",
-           "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]
+__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "blocked_bias", "decode_attention", "fused_decode_unsupported",
+           "grouped_attention", "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears",
+           "prefix_groups", "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]
