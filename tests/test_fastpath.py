@@ -67,12 +67,35 @@ def test_sampler_draws_from_the_same_distribution_as_hugging_face(temperature, t
 def test_sampler_rows_are_independent_and_respect_top_k():
     torch.manual_seed(2)
     scores = torch.randn(3, 1000)
+    top3 = scores.topk(3, dim=-1).indices
     out = fastpath.top_k_top_p_sampler(1.0, 3, 1.0)(None, scores)
     picks = out.argmax(dim=-1)
-    top3 = scores.topk(3, dim=-1).indices
     assert all(picks[i] in top3[i] for i in range(3))
     with pytest.raises(ValueError, match="temperature"):
         fastpath.top_k_top_p_sampler(0.0, 50, 0.9)
+
+
+def test_sampler_with_the_repetition_penalty_draws_what_transformers_penalty_then_the_sampler_draw():
+    torch.manual_seed(3)
+    vocab = 500
+    ids = torch.randint(0, vocab, (4, 30))
+    ids[1, :10] = ids[1, 10]  # a token many times over
+    scores = torch.randn(4, vocab) * 3
+    scores[0, ids[0]] = -scores[0, ids[0]].abs()  # negative scores are multiplied, not divided
+    penalty = transformers.RepetitionPenaltyLogitsProcessor(1.3)
+
+    def seeded():
+        return [torch.Generator().manual_seed(i) for i in range(4)]
+
+    for _ in range(5):
+        want = fastpath.top_k_top_p_sampler(0.8, 20, 0.9, seeded())(ids, penalty(ids, scores.clone())).argmax(-1)
+        got = fastpath.top_k_top_p_sampler(0.8, 20, 0.9, seeded(), repetition_penalty=1.3)(ids, scores.clone())
+        assert torch.equal(got.argmax(-1), want)
+        ids = torch.cat((ids, want[:, None]), dim=1)
+    out = fastpath.penalize_repeats(ids, scores.clone(), 1.3)
+    assert torch.equal(out, penalty(ids, scores.clone()))  # the same numbers, not only the same picks
+    past = torch.cat((ids, torch.full((4, 1), vocab + 7)), dim=1)  # an id past the output layer: left out
+    assert torch.equal(fastpath.penalize_repeats(past, scores.clone(), 1.3), out)
 
 
 def _save_tiny(folder, arch: str = "llama", positions: int = 64):

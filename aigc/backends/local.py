@@ -428,23 +428,26 @@ class LocalBackend(Backend):
         eos = model.generation_config.eos_token_id
         eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []), tokenizer.eos_token_id}
         eos_ids.discard(None)
+        sampled = req.temperature > 0
         settings: dict[str, Any] = dict(
             max_new_tokens=max_new,
             do_sample=False,  # sampling is done by the top-k/top-p processor below; generate() takes its pick
             temperature=1.0,  # neutral, so that a model's generation_config.json adds no warper of its own
             top_p=1.0,
             top_k=50,
-            repetition_penalty=self.options.repetition_penalty,
+            # when sampling, the sampler applies the penalty itself, in place
+            repetition_penalty=1.0 if sampled else self.options.repetition_penalty,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids),
         )
         if self.options.no_repeat_ngram_size:
             settings["no_repeat_ngram_size"] = self.options.no_repeat_ngram_size
         processors = transformers.LogitsProcessorList()
-        if req.temperature > 0:
+        if sampled:
             from aigc.backends.fastpath import top_k_top_p_sampler
 
-            processors.append(top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p, generators))
+            processors.append(top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p, generators,
+                                                  repetition_penalty=self.options.repetition_penalty))
         extra: dict[str, Any] = {"logits_processor": processors}
         if cache is not None:
             extra["cache"] = cache
