@@ -655,7 +655,7 @@ def bench_serve(ctx: dict) -> dict:
 
 
 #: Repetitions of the batch-16 pair (llama.cpp, then aigc) at least: the target's ratio rests on them.
-PAIR_REPS = 5
+PAIR_REPS = 7
 
 _LLM: dict = {}  # the child process's llama.cpp model and prompts (see _llamacpp_start)
 
