@@ -285,14 +285,16 @@ def decode_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if (query.shape[2] != 1 or dropout or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
-            or kwargs.get("output_attentions")):
+            or kwargs.get("output_attentions") or (attention_mask is not None and attention_mask.shape[1:3] != (1, 1))):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     batch, heads, _, dim = query.shape
     q = query.reshape(batch, key.shape[1], heads // key.shape[1], dim) * (scaling if scaling is not None else dim**-0.5)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = blocked_bias(~attention_mask, q.dtype)
-    out = grouped_attention(q, key, value, attention_mask)
+    bias = None
+    if attention_mask is not None:  # (batch, 1, 1, keys): True, or 0.0, where a key may be attended
+        bias = blocked_bias(~attention_mask, q.dtype) if attention_mask.dtype == torch.bool else attention_mask
+        bias = product_bias(bias.expand(batch, 1, 1, key.shape[2]), key.shape[1])
+    out = grouped_attention(q, key, value, bias)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
 
 
@@ -303,22 +305,33 @@ def blocked_bias(blocked: Any, dtype: Any) -> Any:
     return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
 
 
+def product_bias(bias: Any, kv_heads: int) -> Any:
+    """A (batch, 1, 1, keys) additive bias as :func:`grouped_attention` takes it: (batch x kv_heads, 1, keys)."""
+    batch, keys = bias.shape[0], bias.shape[-1]
+    return bias.expand(batch, kv_heads, 1, keys).reshape(batch * kv_heads, 1, keys)
+
+
 def grouped_attention(query: Any, key: Any, value: Any, bias: Any = None) -> Any:
     """``softmax(q k^T + bias) v`` for one new token per row, query heads grouped by their key/value head.
 
     ``query``: (batch, kv_heads, groups, dim), already scaled; ``key``/``value``: (batch, kv_heads, keys, dim);
-    ``bias``: None or a float tensor broadcastable to (batch, kv_heads, groups, keys), ``-inf`` where a key
-    may not be attended. Returns (batch, kv_heads, groups, dim); query head ``h`` is ``(h // groups, h % groups)``,
-    as transformers' ``repeat_kv`` pairs them.
+    ``bias``: None or a float tensor of (batch x kv_heads, 1, keys) (see :func:`product_bias`), ``-inf``
+    where a key may not be attended. The products run as (batch x kv_heads) matrix products of a few rows
+    each, the bias added inside ``baddbmm``; a reserved cache's view merges those two dimensions without
+    a copy. Returns (batch, kv_heads, groups, dim); query head ``h`` is ``(h // groups, h % groups)``, as
+    transformers' ``repeat_kv`` pairs them. Softmax is float32 whatever the dtype.
     """
     import torch
 
-    scores = torch.matmul(query, key.transpose(-1, -2))
-    if bias is not None:
-        scores.add_(bias)
+    batch, kv_heads, groups, dim = query.shape
+    q = query.reshape(batch * kv_heads, groups, dim)
+    keys = key.reshape(batch * kv_heads, -1, dim).transpose(1, 2)
+    scores = torch.bmm(q, keys) if bias is None else torch.baddbmm(bias, q, keys)
     if scores.dtype == torch.float32:
-        return torch.matmul(scores.softmax(-1), value)
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype), value)
+        probs = scores.softmax(-1)
+    else:
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.bmm(probs, value.reshape(batch * kv_heads, -1, dim)).view(batch, kv_heads, groups, dim)
 
 
 def use_decode_attention(model: Any) -> bool:
@@ -527,8 +540,7 @@ def _decode_step(model: Any, kwargs: dict):
 
     The rotary embedding of all query and key heads is one ``addcmul``: ``rotate_half(x)`` is ``x`` rolled
     by half a head with the first half negated, so the sign goes into ``sin``, and the attention scaling
-    into the query heads' ``cos`` and ``sin``. Attention takes the query heads grouped by their key/value
-    head, (batch x kv heads) products of a few rows each, with the padding bias added by ``baddbmm``.
+    into the query heads' ``cos`` and ``sin``. Attention is :func:`grouped_attention`, its bias made once per step.
     The packed linear layers are called as oneDNN ops, with what the step needs of each layer read
     once at install (:class:`_FusedLayer`): a profiled step at batch 16 spent 85 of its 105 ms in ops,
     the rest in Python and dispatch, and these calls cut it (6.6% faster per step, interleaved).
@@ -557,9 +569,8 @@ def _decode_step(model: Any, kwargs: dict):
     scale[:heads] = first.scaling
     cos, sin = cos * scale, sin * scale  # (batch, heads + kv_heads, dim)
     bias = None
-    if mask is not None and not bool(mask.all()):  # (batch x kv heads, 1, keys): one row per product
-        bias = blocked_bias(mask == 0, hidden.dtype)[:, None, None, :].expand(batch, kv_heads, 1, mask.shape[1])
-        bias = bias.reshape(batch * kv_heads, 1, mask.shape[1])
+    if mask is not None and not bool(mask.all()):
+        bias = product_bias(blocked_bias(mask == 0, hidden.dtype)[:, None, None, :], kv_heads)
     qk_size = (heads + kv_heads) * dim
     for i, layer in enumerate(model._aigc_fused_layers):
         x = _rms_norm(hidden, layer.input_norm, layer.input_eps)
@@ -567,10 +578,7 @@ def _decode_step(model: Any, kwargs: dict):
         qk = y[:, :qk_size].view(batch, heads + kv_heads, dim)
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
         keys, values = cache.update(qk[:, heads:, None], y[:, qk_size:].view(batch, kv_heads, 1, dim), i)
-        q = qk[:, :heads].reshape(batch * kv_heads, groups, dim)
-        keys = keys.reshape(batch * kv_heads, -1, dim).transpose(1, 2)
-        scores = torch.bmm(q, keys) if bias is None else torch.baddbmm(bias, q, keys)
-        out = torch.bmm(scores.softmax(-1), values.reshape(batch * kv_heads, -1, dim))
+        out = grouped_attention(qk[:, :heads].view(batch, kv_heads, groups, dim), keys, values, bias)
         hidden = hidden + linear(out.view(batch, -1), layer.o_proj.packed_weight, layer.o_proj.bias, "none", [], "")
         x = _rms_norm(hidden, layer.post_norm, layer.post_eps)
         gate, up = linear(x, layer.gate_up.packed_weight, layer.gate_up.bias, "none", [], "").chunk(2, dim=-1)
@@ -583,4 +591,5 @@ def _decode_step(model: Any, kwargs: dict):
 
 __all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "blocked_bias", "decode_attention", "fused_decode_unsupported",
            "grouped_attention", "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears",
-           "penalize_repeats", "prefix_groups", "shared_prefill_layout", "top_k_top_p_sampler", "use_decode_attention"]
+           "penalize_repeats", "prefix_groups", "product_bias", "shared_prefill_layout", "top_k_top_p_sampler",
+           "use_decode_attention"]
