@@ -319,6 +319,10 @@ class Plan:
     lane: str
     limit: int
     done: Path | None
+    #: The backend merges the calls of articles written at once: ``limit`` is a ceiling, not a default.
+    ceiling: bool = False
+    #: The item's backend (shared, no model loaded by planning), told when the item's article starts.
+    backend: Any = None
 
 
 def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -> Plan:
@@ -336,7 +340,8 @@ def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -
     backend = get_backend(spec.backend, **spec.backend_options)  # validates options; loads no model
     key = inputs_key(spec, hashes, backend.describe().get("model", ""))
     done = find_existing(folder, slugify(spec.topic), key)
-    return Plan(item, key, spec.backend, max(1, int(getattr(backend, "max_concurrent_articles", 1))), done)
+    return Plan(item, key, spec.backend, backend.concurrent_articles(spec.sections), done,
+                ceiling=backend.merges_articles, backend=backend)
 
 
 def read_record(folder: str | Path | None) -> dict[str, Any]:

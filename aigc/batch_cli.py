@@ -14,7 +14,8 @@ from aigc.errors import AigcError
 @click.option("--outputs", "outputs_dir", envvar="AIGC_OUTPUTS_DIR", type=click.Path(file_okay=False),
               help="Root of the outputs; the batch goes to <outputs>/<batch-name>/ [./outputs].")
 @click.option("--concurrency", type=click.IntRange(1, 64),
-              help="Articles at once per API backend [the backend's own bound, e.g. 4]; a local model runs one.")
+              help="Articles at once per backend [an API's own bound, e.g. 4; a local model: as many as share "
+                   "one call, 5 of 3 sections on a CPU, and no more].")
 @click.option("--max-items", type=click.IntRange(1), help="Only the first N items of the file.")
 @click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
               help="Folder of style packs [./templates].")

@@ -127,6 +127,7 @@ def write_article(
         progress("outline")
         outline = make_outline(spec, store, backend)
         t1 = time.perf_counter()
+        backend.article_step("sections")
         progress(f"sections ({len(outline['titles'])})")
         sections = make_sections(spec, outline["titles"], store, backend)
         t2 = time.perf_counter()

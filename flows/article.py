@@ -110,10 +110,12 @@ def article_flow(
     data = spec.model_dump(mode="json")
     logger.info("Outline: %s, %d sections, style %s, backend %s", spec.topic, spec.sections, spec.style, spec.backend)
     steps = {}
-    with pipeline.backend_for(spec).article():  # articles of a batch written side by side may share calls
+    backend = pipeline.backend_for(spec)
+    with backend.article():  # articles of a batch written side by side share calls, kept in step
         state = outline_task(data, templates_dir, hashes["outline"], steps_version(), return_state=True)
         outline_result, steps["outline"] = state.result(), state.name
         titles = outline_result["titles"]
+        backend.article_step("sections")
         logger.info("Sections: expanding %d sections in one batch: %s", len(titles), " | ".join(titles))
         state = sections_task(data, titles, templates_dir, hashes["section"], steps_version(), return_state=True)
         section_results, steps["sections"] = state.result(), state.name

@@ -51,7 +51,13 @@ def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | Non
 
 
 def _lane_limit(plan: batches.Plan, concurrency: int | None) -> int:
-    """A backend that runs one article at a time (a local model) stays at 1; others use --concurrency or their own bound."""
+    """Articles at once in a plan's lane: --concurrency or the backend's own bound.
+
+    For a backend that merges the articles' calls (a local model), the bound is a ceiling: as many
+    articles as fill one call with their sections; more would only queue behind it.
+    """
+    if plan.ceiling:
+        return max(1, min(concurrency or plan.limit, plan.limit))
     return 1 if plan.limit <= 1 else (concurrency or plan.limit)
 
 
@@ -103,7 +109,7 @@ def batch_flow(
 def _run_queue(queue: list[batches.Plan], rows: dict[int, dict], folder: Path, templates_dir: str | None,
                concurrency: int | None, logger: Any) -> None:
     """Submit items lane by lane (one lane per backend) without exceeding each lane's bound; never stop on a failure."""
-    running: dict[Any, tuple[batches.Plan, float]] = {}
+    running: dict[Any, tuple[batches.Plan, float, Any]] = {}
     in_lane: dict[str, int] = {}
     while queue or running:
         for plan in list(queue):
@@ -111,11 +117,14 @@ def _run_queue(queue: list[batches.Plan], rows: dict[int, dict], folder: Path, t
                 queue.remove(plan)
                 in_lane[plan.lane] = in_lane.get(plan.lane, 0) + 1
                 logger.info("Item %d: %s (%s)", plan.item.index, plan.item.spec.topic, plan.lane)
+                coming = plan.backend.article_coming() if plan.backend is not None else None  # its peers wait for it
                 future = article_item_task.with_options(name=f"item-{plan.item.index}").submit(
                     item_params(plan.item, folder, templates_dir))
-                running[future] = (plan, time.perf_counter())
+                running[future] = (plan, time.perf_counter(), coming)
         future = next(as_completed(list(running)))
-        plan, t0 = running.pop(future)
+        plan, t0, coming = running.pop(future)
+        if coming is not None:
+            coming.cancel()
         in_lane[plan.lane] -= 1
         item, seconds = plan.item, time.perf_counter() - t0
         result = future.result(raise_on_failure=False)

@@ -36,6 +36,17 @@ class FakeBackend(Backend):
     max_concurrent_articles = 2
     calls: Counter = Counter()
     barrier: threading.Barrier | None = None
+    announced: list = []  # what the batch flow said of each article it started (see Backend.article_coming)
+
+    def article_coming(self):
+        class Coming:
+            cancelled = False
+
+            def cancel(self):
+                self.cancelled = True
+
+        type(self).announced.append(Coming())
+        return type(self).announced[-1]
 
     def __init__(self, **options):
         self.options = options
@@ -103,10 +114,12 @@ def batch_run(tmp_path_factory):
     register_backend("flaky", BrokenBackend)
     FakeBackend.calls.clear()
     FakeBackend.barrier = threading.Barrier(2, timeout=60)
+    FakeBackend.announced.clear()
     runs = []
     state = batch_flow(batch_file=str(root / "b.yaml"), outputs_dir=str(outputs), return_state=True)
     runs.append((state, state.result(raise_on_failure=False), Counter(FakeBackend.calls),
-                 (outputs / "test-batch" / "index.md").read_text(), (outputs / "test-batch" / "index.html").read_text()))
+                 (outputs / "test-batch" / "index.md").read_text(), (outputs / "test-batch" / "index.html").read_text(),
+                 [c.cancelled for c in FakeBackend.announced]))
     FakeBackend.barrier = None
     register_backend("flaky", FixedBackend)  # the outage is over; same backend name, same model: same inputs
     half = outputs / "test-batch" / ".tmp-library-cards-killed"  # what a run killed while writing leaves
@@ -116,14 +129,15 @@ def batch_run(tmp_path_factory):
         FakeBackend.calls.clear()
         state = batch_flow(batch_file=str(root / "b.yaml"), outputs_dir=str(outputs), return_state=True)
         runs.append((state, state.result(raise_on_failure=False), Counter(FakeBackend.calls),
-                     (outputs / "test-batch" / "index.md").read_text(), None))
+                     (outputs / "test-batch" / "index.md").read_text(), None, None))
     return outputs / "test-batch", runs
 
 
 def test_one_failure_does_not_stop_the_others(batch_run):
     folder, runs = batch_run
-    state, summary, calls, index, html = runs[0]
+    state, summary, calls, index, html, announced = runs[0]
     assert state.is_failed() and "1 of 3 items failed" in state.message
+    assert announced == [True, True, True], "each item's article was announced to its backend, and let go when done"
     assert summary["counts"] == {"written": 2, "failed": 1}
     statuses = [(r["topic"], r["status"]) for r in summary["items"]]
     assert statuses == [("Urban heat islands", "written"), ("Snow plow routes", "written"), ("Library cards", "failed")]
@@ -137,7 +151,7 @@ def test_one_failure_does_not_stop_the_others(batch_run):
 
 def test_rerun_writes_only_the_missing_article(batch_run):
     folder, runs = batch_run
-    state, summary, calls, index, _ = runs[1]
+    state, summary, calls, index, _, _ = runs[1]
     assert state.is_completed()
     assert [r["status"] for r in summary["items"]] == ["unchanged", "unchanged", "written"]
     # no model call for the finished articles: only the fixed item generated (1 outline + 1 batch of 3 sections)
@@ -150,7 +164,7 @@ def test_rerun_writes_only_the_missing_article(batch_run):
 
 def test_third_run_does_nothing_and_the_index_lists_every_article(batch_run):
     folder, runs = batch_run
-    state, summary, calls, index, _ = runs[2]
+    state, summary, calls, index, _, _ = runs[2]
     assert state.is_completed() and summary["counts"] == {"unchanged": 3}
     assert sum(calls.values()) == 0
     for slug in ("urban-heat-islands", "snow-plow-routes", "library-cards"):
@@ -160,7 +174,7 @@ def test_third_run_does_nothing_and_the_index_lists_every_article(batch_run):
                                                                       "urban-heat-islands"]
 
 
-def test_lane_limit_one_article_backends_stay_at_one_apis_follow_concurrency():
+def test_lane_limit_apis_follow_concurrency_local_models_fill_one_call_at_most():
     from aigc import batch as batches
     from flows.batch import _lane_limit
 
@@ -168,4 +182,6 @@ def test_lane_limit_one_article_backends_stay_at_one_apis_follow_concurrency():
         return batches.Plan(item=None, key="", lane="x", limit=limit, done=None)
 
     assert [_lane_limit(plan(4), c) for c in (None, 1, 8)] == [4, 1, 8]  # an API: --concurrency rules
-    assert [_lane_limit(plan(1), c) for c in (None, 8)] == [1, 1]  # a local model: one at a time
+    assert [_lane_limit(plan(1), c) for c in (None, 8)] == [1, 1]  # a backend that runs one article at a time
+    ceiling = batches.Plan(item=None, key="", lane="local", limit=5, done=None, ceiling=True)
+    assert [_lane_limit(ceiling, c) for c in (None, 2, 8)] == [5, 2, 5]  # a local model: what fills one call, or fewer

@@ -11,12 +11,13 @@ import os
 import queue
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options
+from aigc.backends.base import ARTICLE_STEPS, Backend, Completion, GenerationRequest, parse_options
 from aigc.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
@@ -26,9 +27,14 @@ log = logging.getLogger(__name__)
 #: (path, device, dtype, kernels, attention, decode) -> (model, tokenizer, batcher, kernels, decode).
 _MODELS: dict[tuple[str, str, str, str, str, str], tuple[Any, Any, _Batcher, str, str]] = {}
 _MODELS_LOCK = threading.Lock()
-#: Threads writing an article with a local model now (thread id -> nesting depth); see LocalBackend.article.
-_ARTICLES: dict[int, int] = {}
+#: Threads writing an article with a local model now: thread id -> [nesting depth, index of its step in
+#: ARTICLE_STEPS]; see LocalBackend.article and LocalBackend.article_step.
+_ARTICLES: dict[int, list[int]] = {}
 _ARTICLES_LOCK = threading.Lock()
+#: Articles a batch has started that have not entered LocalBackend.article yet (see LocalBackend.article_coming).
+_COMING: list["_Coming"] = []
+#: Every _Batcher alive (one per loaded model), to be woken when an article ends or moves on a step.
+_BATCHERS: "weakref.WeakSet[_Batcher]" = weakref.WeakSet()
 
 _BATCH_CAP = {"cpu": 16, "cuda": 64}
 #: Tokens of KV cache budgeted per sequence when sizing batches from memory.
@@ -129,9 +135,9 @@ class LocalBackend(Backend):
     supports_chat: ClassVar[bool] = True
     supports_batching: ClassVar[bool] = True
     supports_prefill: ClassVar[bool] = True
-    #: One article at a time in ``aigc batch``: two side by side, their calls merged, were 1.32-1.34x faster with
-    #: fixed outlines but 0.92-1.00x through the batch flow with generated ones (benchmarks/bench.py, 2b and 4b).
-    max_concurrent_articles: ClassVar[int] = 1
+    #: Articles of a batch at once: as many as fill one generate() call with their sections (see concurrent_articles).
+    max_concurrent_articles: ClassVar[int] = 16
+    merges_articles: ClassVar[bool] = True
 
     def __init__(self, options: LocalOptions | None = None, *, model: Any = None, tokenizer: Any = None):
         self.options = options or LocalOptions()
@@ -193,6 +199,16 @@ class LocalBackend(Backend):
         from aigc.backends.fastpath import FUSED_DECODE
 
         return FUSED_DECODE if kernels == "onednn-packed" and self.options.fused_decode else "transformers"
+
+    def concurrent_articles(self, sections: int) -> int:
+        """As many articles as put all their sections into one call (16 rows on a CPU: 5 articles of 3 sections).
+
+        They are kept in step (see :class:`_Batcher`): their outlines share a call, then their sections do.
+        Four 3-section articles at once were 1.41x faster than one after the other through the batch flow
+        (benchmarks/bench.py, 4b).
+        """
+        rows = self._batch_size or _BATCH_CAP["cuda" if self._device().startswith("cuda") else "cpu"]
+        return max(1, min(self.max_concurrent_articles, rows // max(1, sections)))
 
     def describe(self) -> dict:
         """Backend, model, device, dtype, linear kernels, attention, decode step and batch size ("auto" until loaded)."""
@@ -315,19 +331,47 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def article(self) -> Iterator[None]:
-        """While the block runs, calls of other articles in progress wait up to a moment for this one's, to be merged."""
+        """While the block runs, this thread writes one article: its calls are merged with other articles' (see :class:`_Batcher`)."""
         me = threading.get_ident()
         with _ARTICLES_LOCK:
-            _ARTICLES[me] = _ARTICLES.get(me, 0) + 1
+            entry = _ARTICLES.setdefault(me, [0, 0])
+            entry[0] += 1
+            arrived = entry[0] == 1 and bool(_COMING)
+            if arrived:
+                _COMING.pop(0)  # one of the articles a batch announced is here
+        if arrived:
+            _wake_batchers()
         try:
             yield
         finally:
             with _ARTICLES_LOCK:
-                _ARTICLES[me] -= 1
-                if not _ARTICLES[me]:
+                entry[0] -= 1
+                if not entry[0]:
                     del _ARTICLES[me]
-            for _model, _tokenizer, batcher, *_how in list(_MODELS.values()):
-                batcher.wake()  # a leader waiting for this article stops waiting
+            _wake_batchers()  # a leader waiting for this article stops waiting
+
+    def article_coming(self) -> "_Coming":
+        """Announce an article about to start (a batch has submitted it): first calls wait up to ``lockstep_s`` for it.
+
+        A batch's articles start a second or more apart (each is a Prefect subflow, started while the
+        model already runs), so without this the first one's outline ran alone. The announcement ends
+        when an article enters :meth:`article`, or on ``cancel()`` (call it when the item is done).
+        """
+        coming = _Coming()
+        with _ARTICLES_LOCK:
+            _COMING.append(coming)
+        return coming
+
+    def article_step(self, step: str) -> None:
+        """The calling thread's article moves on to ``step`` (one of ``ARTICLE_STEPS``): calls of articles ahead wait for it."""
+        super().article_step(step)
+        index = ARTICLE_STEPS.index(step)
+        with _ARTICLES_LOCK:
+            entry = _ARTICLES.get(threading.get_ident())
+            if entry is None:
+                return
+            entry[1] = index
+        _wake_batchers()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """One completion per request, in order; requests with equal settings share batched generate() calls."""
@@ -518,33 +562,62 @@ def _row_generators(torch: Any, seeds: Sequence[int | None], prompts: Sequence[S
 class _Batcher:
     """Runs the generate() calls of one loaded model one at a time, merging calls made at the same time.
 
-    When several threads write articles with one model (``pipeline.write_article`` from threads),
-    their outline and section requests are pooled into shared chunks (two articles' 16 sections in
-    one call gave 1.4x the tokens/s of two calls of 8 on a CPU). A thread that finds the model idle
-    leads: while other threads inside :meth:`LocalBackend.article` have not queued yet, it waits up
-    to ``gather_s`` for them (an article's next call follows its last within a fraction of a
-    second), then runs everything queued and hands each caller its completions. A lone article
-    never waits.
+    When several threads write articles with one model (a batch, or ``pipeline.write_article`` from
+    threads), their outline and section requests are pooled into shared chunks (two articles' 16
+    sections in one call gave 1.4x the tokens/s of two calls of 8 on a CPU). A thread that finds the
+    model idle leads and picks what runs next:
+
+    - the articles are kept in step: calls of articles at a later step (sections) wait, up to
+      ``lockstep_s``, while an article in progress is still at an earlier one (its outline, perhaps
+      retried), so that all their sections can share one call instead of running one after the other;
+    - among the calls of the earliest step, it waits up to ``gather_s`` for the articles at that step
+      that have not queued yet (an article's next call follows its last within a fraction of a second).
+
+    Calls from threads that write no article (see :meth:`LocalBackend.article`) run with whatever runs
+    next. A lone article never waits.
     """
 
-    def __init__(self, gather_s: float = 0.5):
+    def __init__(self, gather_s: float = 0.5, lockstep_s: float = 10.0):
         self.gather_s = gather_s
+        self.lockstep_s = lockstep_s
         self.cond = threading.Condition()
         self.pending: list[dict[str, Any]] = []
         self.busy = False
+        _BATCHERS.add(self)
 
     def wake(self) -> None:
         with self.cond:
             self.cond.notify_all()
 
-    def _missing(self) -> bool:
-        """Whether an article in progress on another thread has no call queued."""
+    def _select(self, waited: float) -> tuple[tuple, list[dict[str, Any]], float]:
+        """Who is writing (the articles in progress and the earliest step), and the pending jobs to run now
+        (none yet: wait up to the returned seconds and ask again). ``waited``: seconds since who is writing
+        last changed (an article started, ended, or the earliest step moved on)."""
         with _ARTICLES_LOCK:
-            writing = set(_ARTICLES)
-        return bool(writing - {j["thread"] for j in self.pending})
+            steps = {thread: entry[1] for thread, entry in _ARTICLES.items()}
+            coming = bool(_COMING)  # articles announced by a batch, at their first step once they start
+        queued = {j["thread"] for j in self.pending}
+        lowest = min([*steps.values(), *(j["step"] for j in self.pending if j["step"] is not None), *([0] if coming else [])],
+                     default=None)
+        ready = [j for j in self.pending if j["step"] is None or j["step"] == lowest]
+        who = (lowest, frozenset(steps))
+        if ready:
+            behind = any(step == lowest and thread not in queued for thread, step in steps.items())
+            if behind and waited < self.gather_s:
+                return who, [], self.gather_s - waited
+            if coming and lowest == 0 and waited < self.lockstep_s:
+                return who, [], self.lockstep_s - waited
+            return who, ready, 0.0
+        if waited >= self.lockstep_s:  # the article behind takes too long: do not keep the model idle
+            return who, list(self.pending), 0.0
+        return who, [], self.lockstep_s - waited
 
     def run(self, work: list, runner) -> list:
-        job: dict[str, Any] = {"work": work, "thread": threading.get_ident()}
+        me = threading.get_ident()
+        with _ARTICLES_LOCK:
+            entry = _ARTICLES.get(me)
+            step = entry[1] if entry else None
+        job: dict[str, Any] = {"work": work, "thread": me, "step": step}
         with self.cond:
             self.pending.append(job)
             self.cond.notify_all()  # a leader gathering callers re-checks now
@@ -553,10 +626,16 @@ class _Batcher:
                     self.cond.wait()
                     continue
                 self.busy = True
-                deadline = time.monotonic() + self.gather_s
-                while self._missing() and time.monotonic() < deadline:
-                    self.cond.wait(max(0.0, deadline - time.monotonic()))
-                jobs, self.pending = self.pending, []
+                started, writing = time.monotonic(), None
+                while True:
+                    who, jobs, wait = self._select(time.monotonic() - started)
+                    if who != writing:  # an article came or the ones behind caught up: the window starts again
+                        started, writing = time.monotonic(), who
+                        continue
+                    if jobs:
+                        break
+                    self.cond.wait(wait)
+                self.pending = [j for j in self.pending if all(j is not k for k in jobs)]
                 self.cond.release()
                 try:
                     merged = [w for j in jobs for w in j["work"]]
@@ -576,6 +655,25 @@ class _Batcher:
         if "error" in job:
             raise job["error"]
         return job["result"]
+
+
+class _Coming:
+    """An article announced by :meth:`LocalBackend.article_coming`."""
+
+    def cancel(self) -> None:
+        """The article will not come (its item ended before it started writing), or it came: stop waiting for it."""
+        with _ARTICLES_LOCK:
+            if self in _COMING:
+                _COMING.remove(self)
+            else:
+                return
+        _wake_batchers()
+
+
+def _wake_batchers() -> None:
+    """Every loaded model's batcher re-checks whom it waits for (an article ended or moved on a step)."""
+    for batcher in list(_BATCHERS):
+        batcher.wake()
 
 
 class _ModelThread:
