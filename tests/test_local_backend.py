@@ -168,7 +168,7 @@ def test_articles_are_kept_in_step_their_sections_wait_for_an_outline_retried(ba
     assert results["ahead"] == backend.generate([greedy(PROMPTS[0], 4)])[0].text
 
 
-def test_a_step_waits_for_an_article_behind_only_up_to_lockstep_s():
+def test_a_step_waits_for_an_article_behind_only_up_to_lockstep_s_and_never_for_another_models():
     """An article stuck before its next call does not hold the others for longer than ``lockstep_s``."""
     import time
 
@@ -177,7 +177,7 @@ def test_a_step_waits_for_an_article_behind_only_up_to_lockstep_s():
 
     backend = LocalBackend.from_options(device="cpu")
     batcher = _Batcher(gather_s=0.05, lockstep_s=0.4)
-    local._ARTICLES[-1] = [1, 0]  # an article still at its outline, which will not call now
+    local._ARTICLES[-1] = [1, 0, None]  # an article still at its outline, which will not call now
     try:
         with backend.article():
             backend.article_step("sections")
@@ -188,6 +188,15 @@ def test_a_step_waits_for_an_article_behind_only_up_to_lockstep_s():
                 backend.article_step("summary")
     finally:
         del local._ARTICLES[-1]
+    local._ARTICLES[-2] = [1, 0, _Batcher()]  # an article at its outline with another model: not waited for
+    try:
+        with backend.article():
+            backend.article_step("sections")
+            started = time.monotonic()
+            assert batcher.run(["y"], lambda work: [w * 2 for w in work]) == ["yy"]
+            assert time.monotonic() - started < 0.3
+    finally:
+        del local._ARTICLES[-2]
     assert not local._ARTICLES
 
 
@@ -310,7 +319,7 @@ def test_batcher_errors_reach_every_merged_caller_and_a_missing_caller_only_cost
     from aigc.backends import local
 
     batcher = _Batcher(gather_s=0.3)
-    local._ARTICLES[-1] = [1, 0]  # another article is in progress but will not call now
+    local._ARTICLES[-1] = [1, 0, None]  # another article is in progress but will not call now
     try:
         started = time.monotonic()
         assert batcher.run([1, 2], lambda work: [w * 10 for w in work]) == [10, 20]

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, str, str, str, str, str], tuple[Any, Any, _Batcher, str, str]] = {}
 _MODELS_LOCK = threading.Lock()
 #: Threads writing an article with a local model now: thread id -> [nesting depth, index of its step in
-#: ARTICLE_STEPS]; see LocalBackend.article and LocalBackend.article_step.
-_ARTICLES: dict[int, list[int]] = {}
+#: ARTICLE_STEPS, the _Batcher of the model it called (None before its first call)]; see LocalBackend.article.
+_ARTICLES: dict[int, list[Any]] = {}
 _ARTICLES_LOCK = threading.Lock()
 #: Articles a batch has started that have not entered LocalBackend.article yet (see LocalBackend.article_coming).
 _COMING: list["_Coming"] = []
@@ -334,7 +334,7 @@ class LocalBackend(Backend):
         """While the block runs, this thread writes one article: its calls are merged with other articles' (see :class:`_Batcher`)."""
         me = threading.get_ident()
         with _ARTICLES_LOCK:
-            entry = _ARTICLES.setdefault(me, [0, 0])
+            entry = _ARTICLES.setdefault(me, [0, 0, None])
             entry[0] += 1
             arrived = entry[0] == 1 and bool(_COMING)
             if arrived:
@@ -594,7 +594,8 @@ class _Batcher:
         (none yet: wait up to the returned seconds and ask again). ``waited``: seconds since who is writing
         last changed (an article started, ended, or the earliest step moved on)."""
         with _ARTICLES_LOCK:
-            steps = {thread: entry[1] for thread, entry in _ARTICLES.items()}
+            # articles of another model are not waited for (once they have called it)
+            steps = {thread: entry[1] for thread, entry in _ARTICLES.items() if entry[2] in (None, self)}
             coming = bool(_COMING)  # articles announced by a batch, at their first step once they start
         queued = {j["thread"] for j in self.pending}
         lowest = min([*steps.values(), *(j["step"] for j in self.pending if j["step"] is not None), *([0] if coming else [])],
@@ -617,6 +618,8 @@ class _Batcher:
         with _ARTICLES_LOCK:
             entry = _ARTICLES.get(me)
             step = entry[1] if entry else None
+            if entry:
+                entry[2] = self  # this article writes with this model
         job: dict[str, Any] = {"work": work, "thread": me, "step": step}
         with self.cond:
             self.pending.append(job)
