@@ -68,8 +68,12 @@ def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGABRT)  # with PYTHONFAULTHANDLER: its threads' stacks go to its log
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +115,14 @@ def client(api_url):
 def _serve(api_url: str, outputs: Path, log_name: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, "AIGC_OUTPUTS_DIR": str(outputs), "AIGC_TIMEZONE": TZ,
            "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_HOME": str(_TMP / "serve-home"),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_TMP / "serve-results"), "OMP_NUM_THREADS": "2"}
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_TMP / "serve-results"), "OMP_NUM_THREADS": "2",
+           "PYTHONFAULTHANDLER": "1"}
     out = open(_TMP / log_name, "w")
-    return subprocess.Popen([sys.executable, "-m", "aigc.cli", "serve"], cwd=REPO, env=env, stdout=out,
+    # `aigc serve`, with SIGINT handled as Ctrl-C whoever started the tests: a test run started in the
+    # background of a script (`bash .ci/run &`) passes SIGINT on as ignored, and Python then never raises
+    # KeyboardInterrupt, so the serve process stayed up until killed (exit -9, schedule not paused).
+    start = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from aigc.cli import main; main()"
+    return subprocess.Popen([sys.executable, "-c", start, "serve"], cwd=REPO, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -193,7 +202,8 @@ def test_serve_schedule_single_report_and_pause_on_stop(api_url, client, tmp_pat
     finally:
         _stop(serve)
     # stopping the serve process pauses the schedule...
-    assert client.read_deployment_by_name("aigc-batch/nightly").paused
+    assert client.read_deployment_by_name("aigc-batch/nightly").paused, (
+        f"exit code {serve.returncode}; serve log:\n" + (_TMP / "serve1.log").read_text()[-4000:])
     # ...and serving again resumes it
     serve = _serve(api_url, outputs, "serve2.log")
     try:
