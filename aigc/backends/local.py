@@ -606,7 +606,7 @@ class _Batcher:
             behind = any(step == lowest and thread not in queued for thread, step in steps.items())
             if behind and waited < self.gather_s:
                 return who, [], self.gather_s - waited
-            if coming and lowest == 0 and waited < self.lockstep_s:
+            if coming and waited < self.lockstep_s:  # (the earliest step is then the first one)
                 return who, [], self.lockstep_s - waited
             return who, ready, 0.0
         if waited >= self.lockstep_s:  # the article behind takes too long: do not keep the model idle
