@@ -204,10 +204,12 @@ def load_lm(model: str | None = None) -> tuple[Any, Any, str]:
     """(model, tokenizer, model id) of a local causal LM, loaded once per process by the local backend.
 
     ``model``: None or "embedded" (SmolLM2), a folder saved with ``save_pretrained``, or a cached hub id.
+    A measurement scores with the model's own weights: on a CPU its float32 linear weights are packed
+    as they are, not rounded to float16 as for writing (see the local backend's ``fp16_weights``).
     """
     from aigc.backends import create_backend
 
-    backend = create_backend("local", model=model or "embedded")
+    backend = create_backend("local", model=model or "embedded", fp16_weights=False)
     lm, tokenizer = backend.load()
     return lm, tokenizer, backend.model_id
 

@@ -237,7 +237,8 @@ def bench_sweep(ctx: dict) -> dict:
 
 #: The parts of aigc's CPU fast path that the ablation turns off one at a time (LocalOptions fields).
 FAST_PATH = {
-    "prepack": "oneDNN pre-packed linear weights",
+    "prepack": "pre-packed linear weights (float16 for fbgemm by default; without it the fused step is off too)",
+    "fp16_weights": "float16 linear weights for fbgemm (float32 weights packed for oneDNN instead)",
     "share_prefix": "prompt prefix computed once per group of rows",
     "reserve_cache": "KV cache reserved ahead, written in place",
     "decode_attention": "attention of one new token as two matrix products",
@@ -739,7 +740,7 @@ def bench_llamacpp(ctx: dict) -> dict:
     if paired:
         pairs = [a["tps"] / l["tps"] for a, l in zip(aigc_runs, runs[16])]
         aigc_tps = med([a["tps"] for a in aigc_runs])
-        rows.append({"path": "aigc batch 16 (its defaults, fp32), alternating with llama.cpp batch 16", "requests": 16,
+        rows.append({"path": "aigc batch 16 (its defaults: float32, float16 linear weights), alternating with llama.cpp batch 16", "requests": 16,
                      "tokens/s": aigc_tps, "ratio to llama.cpp batch 1": aigc_tps / tps[1]})
         out["raw"]["aigc b16"] = aigc_runs
         out["note"] += (" At batch 16 every repetition runs llama.cpp and then aigc on the same 16 section requests, "

@@ -10,34 +10,67 @@ transformers = pytest.importorskip("transformers")
 from aigc.backends import fastpath  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not fastpath.mkldnn_linear_available(), reason="this torch build has no oneDNN linear ops")
+KINDS = [pytest.param(kind, marks=pytest.mark.skipif(not fastpath.packed_kernels_available(kind),
+                                                     reason=f"this torch build has no {kind} linear ops"))
+         for kind in fastpath.PACKED_KERNELS]
+CLASS_NAMES = {fastpath.ONEDNN_PACKED: ("PackedLinear", "packed for oneDNN"),
+               fastpath.FBGEMM_FP16: ("HalfLinear", "float16 weights packed for fbgemm")}
 
 
-@needs_onednn
+def _round_to_fp16(model):
+    """Round a float32 model's weights to the nearest float16 (kept float32): what float16 packing stores."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.half().float())
+    return model
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 48), (5, 48), (3, 1, 48), (2, 7, 48)])
-def test_packed_linear_matches_nn_linear(bias, shape):
+def test_packed_linear_matches_nn_linear(kind, bias, shape):
+    """Both kinds compute nn.Linear of the weights they store (float16 packing: the weights rounded to float16)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 96, bias=bias), torch.nn.GELU(), torch.nn.Linear(96, 300, bias=bias)).eval()
     x = torch.randn(*shape)
     with torch.inference_mode():
+        original = model(x)
+        if kind == fastpath.FBGEMM_FP16:
+            _round_to_fp16(model)
         expected = model(x)
-        assert fastpath.pack_linears(model, rows_hint=8) == 2
+        assert fastpath.pack_linears(model, rows_hint=8, kind=kind) == 2
         got = model(x)
-    assert all(type(m).__name__ == "PackedLinear" for m in (model[0], model[2]))
-    assert "packed for oneDNN" in repr(model)
+    name, described = CLASS_NAMES[kind]
+    assert all(type(m).__name__ == name for m in (model[0], model[2]))
+    assert described in repr(model)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, original, rtol=1e-2, atol=5e-3)  # float16 weights stay close to float32 ones
 
 
-@needs_onednn
-def test_pack_linears_leaves_other_dtypes_and_subclasses_alone():
+@pytest.mark.skipif(not fastpath.fbgemm_fp16_available(), reason="this torch build has no fbgemm float16 linear ops")
+def test_half_linear_stores_float16_weights_and_float32_bias():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24)
+    linear.bias.data += 1e-4  # a bias that float16 would round
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    half = fastpath._packed_linear_class(fastpath.FBGEMM_FP16)(linear)
+    stored_weight, stored_bias = torch.ops.quantized.linear_unpack_fp16(half.packed_weight)
+    assert torch.equal(stored_weight, weight.half().float()) and not torch.equal(stored_weight, weight)
+    assert torch.equal(stored_bias, bias)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(half(x), x @ weight.half().float().T + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pack_linears_leaves_other_dtypes_and_subclasses_alone(kind):
     class MyLinear(torch.nn.Linear):
         pass
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8).to(torch.bfloat16), MyLinear(8, 8), torch.nn.Linear(8, 8))
-    assert fastpath.pack_linears(model, rows_hint=4) == 1
+    assert fastpath.pack_linears(model, rows_hint=4, kind=kind) == 1
     assert type(model[0]) is torch.nn.Linear and type(model[1]) is MyLinear
-    assert type(model[2]).__name__ == "PackedLinear"
+    assert type(model[2]).__name__ == CLASS_NAMES[kind][0]
 
 
 def _hf_probs(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -98,8 +131,11 @@ def test_sampler_with_the_repetition_penalty_draws_what_transformers_penalty_the
     assert torch.equal(fastpath.penalize_repeats(past, scores.clone(), 1.3), out)
 
 
-def _save_tiny(folder, arch: str = "llama", positions: int = 64):
-    """A tiny random model and a word-level tokenizer (w0 ... w299), saved as a user would."""
+def _save_tiny(folder, arch: str = "llama", positions: int = 64, fp16_exact: bool = False):
+    """A tiny random model and a word-level tokenizer (w0 ... w299), saved as a user would.
+
+    ``fp16_exact``: weights rounded to float16 values (so float16 packing stores them exactly).
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
@@ -108,7 +144,8 @@ def _save_tiny(folder, arch: str = "llama", positions: int = 64):
                                           num_attention_heads=4, num_key_value_heads=2,
                                           max_position_embeddings=positions, bos_token_id=1, eos_token_id=2,
                                           pad_token_id=0)
-        transformers.LlamaForCausalLM(config).save_pretrained(folder)
+        model = transformers.LlamaForCausalLM(config)
+        (_round_to_fp16(model) if fp16_exact else model).save_pretrained(folder)
     else:
         config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=positions, vocab_size=300,
                                          bos_token_id=1, eos_token_id=2, initializer_range=0.2)
@@ -123,21 +160,41 @@ def _save_tiny(folder, arch: str = "llama", positions: int = 64):
 
 
 def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
-    """A tiny Llama saved as a user would: prepack on and off give the same greedy tokens."""
+    """A tiny Llama saved as a user would (weights that float16 holds exactly): every kind of kernel, the same greedy tokens."""
     from aigc.backends.base import GenerationRequest
     from aigc.backends.local import LocalBackend
 
-    folder = _save_tiny(tmp_path / "m")
+    folder = _save_tiny(tmp_path / "m", fp16_exact=True)
     requests = [GenerationRequest(prompt=p, max_new_tokens=6, temperature=0.0) for p in ("w5 w6 w7", "w9")]
     runs = {}
-    for prepack in (True, False):
+    for prepack, fp16, want in ((True, True, fastpath.FBGEMM_FP16), (True, False, fastpath.ONEDNN_PACKED),
+                                (False, True, "default")):
         backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
-                                            prepack=prepack, repetition_penalty=1.0)
-        runs[prepack] = [c.text for c in backend.generate(requests)]
+                                            prepack=prepack, fp16_weights=fp16, repetition_penalty=1.0)
+        runs[want] = [c.text for c in backend.generate(requests)]
         kernels = backend.describe()["kernels"]
-        assert kernels == ("onednn-packed" if prepack and fastpath.mkldnn_linear_available() else "default")
-    assert runs[True] == runs[False]
-    assert all(t.strip() for t in runs[True])
+        assert kernels == (want if want == "default" or fastpath.packed_kernels_available(want) else "default")
+    assert runs[fastpath.FBGEMM_FP16] == runs[fastpath.ONEDNN_PACKED] == runs["default"]
+    assert all(t.strip() for t in runs["default"])
+
+
+def test_float16_kernels_fall_back_to_onednn_where_fbgemm_is_missing(tmp_path, monkeypatch, caplog):
+    """A torch build without fbgemm (ARM): float32 weights packed for oneDNN, and the fused step still runs."""
+    import logging
+
+    from aigc.backends.base import GenerationRequest
+    from aigc.backends.local import LocalBackend
+
+    if not fastpath.mkldnn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    monkeypatch.setattr(fastpath, "fbgemm_fp16_available", lambda: False)
+    backend = LocalBackend.from_options(model=str(_save_tiny(tmp_path / "m")), device="cpu", dtype="float32", threads=1)
+    assert backend.describe()["kernels"] == fastpath.FBGEMM_FP16  # asked for, before loading
+    with caplog.at_level(logging.INFO, logger="aigc.backends.local"):
+        backend.generate([GenerationRequest(prompt="w5 w6", max_new_tokens=3, temperature=0.0)])
+    assert backend.describe()["kernels"] == fastpath.ONEDNN_PACKED
+    assert backend.describe()["decode"] == fastpath.FUSED_DECODE
+    assert "packing float32 weights for oneDNN" in caplog.text
 
 
 # -- shared prompt prefixes, the reserved KV cache, decode attention -----------------------------------
@@ -267,19 +324,24 @@ def _tiny_llama(**overrides):
     return transformers.LlamaForCausalLM(config).eval()
 
 
-@needs_onednn
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("cache_kind", ["growing", "dynamic"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_fused_decode_step_gives_transformers_logits(monkeypatch, cache_kind, bias):
-    """Prefill (transformers' forward reading the fused q/k/v and gate/up) and 6 decode steps (aigc's), left padding."""
+def test_fused_decode_step_gives_transformers_logits(monkeypatch, kind, cache_kind, bias):
+    """Prefill (transformers' forward reading the fused q/k/v and gate/up) and 6 decode steps (aigc's), left padding.
+
+    Float16 packing is compared with transformers running the same weights rounded to float16.
+    """
     import copy
 
     from transformers import DynamicCache
 
     plain = _tiny_llama(attention_bias=bias, mlp_bias=bias)
+    if kind == fastpath.FBGEMM_FP16:
+        _round_to_fp16(plain)
     fused = copy.deepcopy(plain)
-    assert fastpath.install_fused_decode(fused, rows_hint=3)
-    fastpath.pack_linears(fused, 3)
+    assert fastpath.install_fused_decode(fused, rows_hint=3, kind=kind)
+    fastpath.pack_linears(fused, 3, kind=kind)
     steps = []
     real_step = fastpath._decode_step
     monkeypatch.setattr(fastpath, "_decode_step", lambda model, kwargs: steps.append(1) or real_step(model, kwargs))

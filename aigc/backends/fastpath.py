@@ -3,9 +3,10 @@
 Measured by ``benchmarks/bench.py`` (README, Performance): on a CPU, batched decoding of a small model
 spends most of its time in the linear layers, and MKL's general matrix multiply is slow for the few
 rows a decode step has (the 49,152-word output layer of SmolLM2 took 3x longer at 8 rows than oneDNN
-with the weight packed once). Hugging Face's sampling sorts the whole vocabulary for top-p and draws
-over all of it; sampling among the top-k candidates gives the same distribution for a fraction of the
-work.
+with the weight packed once). Packing float16 copies of the weights for fbgemm, which multiplies them
+in float32, halves the memory a step reads and is faster again (1.19x per decode step at 16 rows).
+Hugging Face's sampling sorts the whole vocabulary for top-p and draws over all of it; sampling among
+the top-k candidates gives the same distribution for a fraction of the work.
 """
 
 from __future__ import annotations
@@ -29,7 +30,35 @@ def mkldnn_linear_available() -> bool:
 
 
 @functools.cache
-def _packed_linear_class():
+def fbgemm_fp16_available() -> bool:
+    """Whether this torch build has fbgemm's float16-weight linear ops (x86-64 builds from pytorch.org do)."""
+    import torch
+
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.ones(2, 3), None)
+        return torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 3), packed).shape == (1, 2)
+    except (AttributeError, RuntimeError, NotImplementedError):  # no fbgemm: ARM builds, some custom builds
+        return False
+
+
+#: Linear kernels of :func:`pack_linears`: float32 weights reordered for oneDNN, or float16 weights for fbgemm.
+ONEDNN_PACKED = "onednn-packed"
+FBGEMM_FP16 = "fbgemm-fp16"
+PACKED_KERNELS = (ONEDNN_PACKED, FBGEMM_FP16)
+
+
+def packed_kernels_available(kind: str) -> bool:
+    """Whether this torch build runs :func:`pack_linears` of ``kind`` (one of :data:`PACKED_KERNELS`)."""
+    return mkldnn_linear_available() if kind == ONEDNN_PACKED else fbgemm_fp16_available()
+
+
+@functools.cache
+def _packed_linear_class(kind: str = ONEDNN_PACKED):
+    """The module class that stands in for an ``nn.Linear`` with packed kernels of ``kind``.
+
+    Its ``call`` attribute is the bare op with the packed weight bound (what :func:`_decode_step` calls,
+    without ``nn.Module`` dispatch).
+    """
     import torch
 
     class PackedLinear(torch.nn.Module):
@@ -40,44 +69,92 @@ def _packed_linear_class():
             self.in_features, self.out_features = linear.in_features, linear.out_features
             weight = linear.weight.detach()
             # plain attributes, not buffers: the packed tensor is opaque to .to(), state_dict() and saving
-            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
-            self.bias = None if linear.bias is None else linear.bias.detach()
+            self.packed_weight = packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
+            self.bias = bias = None if linear.bias is None else linear.bias.detach()
+            op = torch.ops.mkldnn._linear_pointwise.default
+            self.call = lambda x: op(x, packed, bias, "none", [], "")
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+            return self.call(x)
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
-    return PackedLinear
+    class HalfLinear(torch.nn.Module):
+        """An ``nn.Linear`` (inference only) whose weight is kept as float16, packed for fbgemm, multiplied in float32.
+
+        Inputs, bias, accumulation and outputs stay float32; only the weight is rounded to float16
+        (SmolLM2's perplexity on ``data/corpus``: 38.3285 float32, 38.3261 with float16 weights). Each
+        step reads half the bytes of float32 weights, and fbgemm's kernels are fast for a few rows.
+        """
+
+        def __init__(self, linear: torch.nn.Linear, rows_hint: int = 0):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            bias = None if linear.bias is None else linear.bias.detach().contiguous()
+            # a plain attribute (as PackedLinear's): opaque to .to(), state_dict() and saving
+            self.packed_weight = packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().contiguous(), bias)
+            op = torch.ops.quantized.linear_dynamic_fp16.default
+            self.call = lambda x: op(x, packed)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.call(x)
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, float16 weights packed for fbgemm"
+
+    return HalfLinear if kind == FBGEMM_FP16 else PackedLinear
 
 
-def _replace_linears(model: Any, make) -> int:
-    import torch
+def _pack_many(linears: Sequence[Any], rows_hint: int, kind: str) -> list[Any]:
+    """Packed copies of ``linears``, made on as many threads as torch uses for float16 weights.
 
-    count = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear and (new := make(child)) is not child:
-                setattr(module, name, new)
-                count += 1
-    return count
+    Each item is an ``nn.Linear``, or a list of them to pack side by side (see :func:`_side_by_side`;
+    concatenated when its turn comes, so that only a few such copies exist at once).
 
-
-def pack_linears(model: Any, rows_hint: int) -> int:
-    """Replace every float32 ``nn.Linear`` of a CPU model by a oneDNN pre-packed copy; return how many.
-
-    For inference only (no gradients). The model's own parameters (the tied embedding among them)
-    stay as they are, so the packed copy of a tied output layer costs its size in memory once more.
+    fbgemm packs float16 weights slowly and on one core (1.7 s for SmolLM2, against 0.35 s for
+    oneDNN's reorder); the op releases the GIL, so threads share the work. oneDNN's reorder runs
+    on this thread: it is fast, and its parallel parts would start OpenMP teams on other threads.
     """
     import torch
 
-    if not mkldnn_linear_available():
-        log.info("oneDNN pre-packed linear ops are not in this torch build; using plain nn.Linear")
+    cls = _packed_linear_class(kind)
+
+    def pack(item: Any) -> Any:
+        return cls(_side_by_side(item) if isinstance(item, (list, tuple)) else item, rows_hint)
+
+    workers = min(len(linears), torch.get_num_threads()) if kind == FBGEMM_FP16 else 1
+    if workers <= 1:
+        return [pack(item) for item in linears]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="aigc-pack") as pool:
+        return list(pool.map(pack, linears))
+
+
+def _replace_linears(model: Any, rows_hint: int, kind: str) -> int:
+    """Replace every float32 CPU ``nn.Linear`` (not a subclass) of ``model`` by its packed copy; return how many."""
+    import torch
+
+    found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
+             if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"]
+    for (module, name, _), packed in zip(found, _pack_many([child for _, _, child in found], rows_hint, kind)):
+        setattr(module, name, packed)
+    return len(found)
+
+
+def pack_linears(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) -> int:
+    """Replace every float32 ``nn.Linear`` of a CPU model by a packed copy of ``kind``; return how many.
+
+    ``kind``: :data:`ONEDNN_PACKED` (float32 weights in oneDNN's layout, the same results) or
+    :data:`FBGEMM_FP16` (float16 weights, see ``HalfLinear``). For inference only (no gradients). The
+    model's own parameters (the tied embedding among them) stay as they are, so the packed copy of a
+    tied output layer costs its size in memory once more (half of it with float16 weights).
+    """
+    if not packed_kernels_available(kind):
+        log.info("%s linear ops are not in this torch build; using plain nn.Linear", kind)
         return 0
-    cls = _packed_linear_class()
-    return _replace_linears(
-        model, lambda lin: cls(lin, rows_hint) if lin.weight.dtype == torch.float32 and lin.weight.device.type == "cpu" else lin)
+    return _replace_linears(model, rows_hint, kind)
 
 
 def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float, generators: Sequence[Any] | None = None,
@@ -419,8 +496,8 @@ def _shared_output_class():
     return SharedOutput
 
 
-def _fuse(linears: Sequence[Any], rows_hint: int) -> tuple[Any, list[Any]]:
-    """One packed linear computing ``linears`` side by side, and a SharedOutput standing in for each."""
+def _side_by_side(linears: Sequence[Any]) -> Any:
+    """One ``nn.Linear`` computing ``linears`` (same input) side by side: their weights (and biases) concatenated."""
     import torch
 
     weight = torch.cat([lin.weight.detach() for lin in linears])
@@ -430,7 +507,11 @@ def _fuse(linears: Sequence[Any], rows_hint: int) -> tuple[Any, list[Any]]:
     fused_linear.weight = torch.nn.Parameter(weight, requires_grad=False)
     if biases[0] is not None:
         fused_linear.bias = torch.nn.Parameter(torch.cat([b.detach() for b in biases]), requires_grad=False)
-    fused = _packed_linear_class()(fused_linear, rows_hint)
+    return fused_linear
+
+
+def _shared_outputs(fused: Any, linears: Sequence[Any]) -> list[Any]:
+    """A SharedOutput standing in for each of ``linears``, read off ``fused`` (their packed side-by-side linear)."""
     memo: dict = {}
     parts, start = [], 0
     cls = _shared_output_class()
@@ -438,7 +519,7 @@ def _fuse(linears: Sequence[Any], rows_hint: int) -> tuple[Any, list[Any]]:
         role = "first" if i == 0 else "last" if i == len(linears) - 1 else "middle"
         parts.append(cls(fused, start, start + lin.out_features, memo, role))
         start += lin.out_features
-    return fused, parts
+    return parts
 
 
 class _FusedLayer(NamedTuple):
@@ -446,15 +527,15 @@ class _FusedLayer(NamedTuple):
 
     input_norm: Any  # RMS norm weight
     input_eps: Any  # its epsilon, a 0-dim float32 tensor
-    qkv: Any  # PackedLinear: q, k and v side by side
-    o_proj: Any  # PackedLinear
+    qkv: Any  # a packed linear's ``call``: q, k and v side by side
+    o_proj: Any  # a packed linear's ``call``
     post_norm: Any
     post_eps: Any
-    gate_up: Any  # PackedLinear: gate and up side by side
-    down_proj: Any  # PackedLinear
+    gate_up: Any  # a packed linear's ``call``: gate and up side by side
+    down_proj: Any  # a packed linear's ``call``
 
 
-def install_fused_decode(model: Any, rows_hint: int) -> bool:
+def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) -> bool:
     """Give a Llama-family CPU float32 model aigc's own decode step; False (model untouched) if it cannot take one.
 
     Each layer's q/k/v projections become one pre-packed linear, and so do gate/up (at batch 16 the
@@ -462,27 +543,38 @@ def install_fused_decode(model: Any, rows_hint: int) -> bool:
     row into a dynamic KV cache (every ``generate()`` step after the first) then runs
     :func:`_decode_step`: the same arithmetic as transformers' forward, without its per-module
     dispatch. Every other call (prefill, scoring, training-style calls) goes to transformers' forward,
-    whose projections read the fused products. Needs oneDNN's packed linear ops.
+    whose projections read the fused products. The layers' linears and the output layer are packed
+    as ``kind`` (see :func:`pack_linears`), whose ops this torch build must have.
     """
     reason = fused_decode_unsupported(model)
-    if reason is None and not mkldnn_linear_available():
-        reason = "oneDNN pre-packed linear ops are not in this torch build"
+    if reason is None and not packed_kernels_available(kind):
+        reason = f"{kind} linear ops are not in this torch build"
     if reason is not None:
         log.info("decode step stays transformers': %s", reason)
         return False
     import torch
 
-    packed = _packed_linear_class()
-    fused_layers = []
-    for layer in model.model.layers:
+    layers, unpacked = model.model.layers, []
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.weight.dtype == torch.float32:  # packed with the layers, first: the longest
+        unpacked.append(head)
+    for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv, (attn.q_proj, attn.k_proj, attn.v_proj) = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], rows_hint)
-        gate_up, (mlp.gate_proj, mlp.up_proj) = _fuse([mlp.gate_proj, mlp.up_proj], rows_hint)
-        attn.o_proj, mlp.down_proj = packed(attn.o_proj, rows_hint), packed(mlp.down_proj, rows_hint)  # as pack_linears
+        unpacked += [[attn.q_proj, attn.k_proj, attn.v_proj], attn.o_proj, [mlp.gate_proj, mlp.up_proj], mlp.down_proj]
+    packed = iter(_pack_many(unpacked, rows_hint, kind))  # o_proj, down_proj and the head: as pack_linears would
+    if unpacked[0] is head:
+        model.set_output_embeddings(next(packed))
+    fused_layers = []
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, attn.o_proj, gate_up, mlp.down_proj = next(packed), next(packed), next(packed), next(packed)
+        attn.q_proj, attn.k_proj, attn.v_proj = _shared_outputs(qkv, [attn.q_proj, attn.k_proj, attn.v_proj])
+        mlp.gate_proj, mlp.up_proj = _shared_outputs(gate_up, [mlp.gate_proj, mlp.up_proj])
         first, second = layer.input_layernorm, layer.post_attention_layernorm
         fused_layers.append(_FusedLayer(
-            first.weight, torch.tensor(float(first.variance_epsilon), dtype=torch.float32), qkv, attn.o_proj,
-            second.weight, torch.tensor(float(second.variance_epsilon), dtype=torch.float32), gate_up, mlp.down_proj))
+            first.weight, torch.tensor(float(first.variance_epsilon), dtype=torch.float32), qkv.call, attn.o_proj.call,
+            second.weight, torch.tensor(float(second.variance_epsilon), dtype=torch.float32), gate_up.call,
+            mlp.down_proj.call))
     model._aigc_fused_layers = fused_layers
     original = model.forward
 
@@ -541,15 +633,14 @@ def _decode_step(model: Any, kwargs: dict):
     The rotary embedding of all query and key heads is one ``addcmul``: ``rotate_half(x)`` is ``x`` rolled
     by half a head with the first half negated, so the sign goes into ``sin``, and the attention scaling
     into the query heads' ``cos`` and ``sin``. Attention is :func:`grouped_attention`, its bias made once per step.
-    The packed linear layers are called as oneDNN ops, with what the step needs of each layer read
-    once at install (:class:`_FusedLayer`): a profiled step at batch 16 spent 85 of its 105 ms in ops,
-    the rest in Python and dispatch, and these calls cut it (6.6% faster per step, interleaved).
+    The packed linear layers are called as bare ops (their ``call``), with what the step needs of each
+    layer read once at install (:class:`_FusedLayer`): a profiled step at batch 16 spent 85 of its 105 ms
+    in ops, the rest in Python and dispatch, and these calls cut it (6.6% faster per step, interleaved).
     """
     import torch
     import torch.nn.functional as F
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    linear = torch.ops.mkldnn._linear_pointwise.default
     inner = model.model
     ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -574,22 +665,23 @@ def _decode_step(model: Any, kwargs: dict):
     qk_size = (heads + kv_heads) * dim
     for i, layer in enumerate(model._aigc_fused_layers):
         x = _rms_norm(hidden, layer.input_norm, layer.input_eps)
-        y = linear(x, layer.qkv.packed_weight, layer.qkv.bias, "none", [], "")  # q, k, v side by side
+        y = layer.qkv(x)  # q, k, v side by side
         qk = y[:, :qk_size].view(batch, heads + kv_heads, dim)
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
         keys, values = cache.update(qk[:, heads:, None], y[:, qk_size:].view(batch, kv_heads, 1, dim), i)
         out = grouped_attention(qk[:, :heads].view(batch, kv_heads, groups, dim), keys, values, bias)
-        hidden = hidden + linear(out.view(batch, -1), layer.o_proj.packed_weight, layer.o_proj.bias, "none", [], "")
+        hidden = hidden + layer.o_proj(out.view(batch, -1))
         x = _rms_norm(hidden, layer.post_norm, layer.post_eps)
-        gate, up = linear(x, layer.gate_up.packed_weight, layer.gate_up.bias, "none", [], "").chunk(2, dim=-1)
+        gate, up = layer.gate_up(x).chunk(2, dim=-1)
         x = F.silu(gate).mul_(up)
-        hidden = hidden + linear(x, layer.down_proj.packed_weight, layer.down_proj.bias, "none", [], "")
+        hidden = hidden + layer.down_proj(x)
     norm = inner.norm
     logits = model.lm_head(_rms_norm(hidden, norm.weight, hidden.new_tensor(norm.variance_epsilon)))
     return CausalLMOutputWithPast(logits=logits[:, None, :], cache=cache)
 
 
-__all__ = ["DECODE_ATTENTION", "FUSED_DECODE", "blocked_bias", "decode_attention", "fused_decode_unsupported",
-           "grouped_attention", "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears",
-           "penalize_repeats", "prefix_groups", "product_bias", "shared_prefill_layout", "top_k_top_p_sampler",
-           "use_decode_attention"]
+__all__ = ["DECODE_ATTENTION", "FBGEMM_FP16", "FUSED_DECODE", "ONEDNN_PACKED", "PACKED_KERNELS", "blocked_bias",
+           "decode_attention", "fbgemm_fp16_available", "fused_decode_unsupported", "grouped_attention",
+           "growing_cache", "install_fused_decode", "mkldnn_linear_available", "pack_linears",
+           "packed_kernels_available", "penalize_repeats", "prefix_groups", "product_bias", "shared_prefill_layout",
+           "top_k_top_p_sampler", "use_decode_attention"]
