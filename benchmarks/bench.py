@@ -556,9 +556,10 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
             LocalBackend.max_concurrent_articles = modes[mode]
             try:
                 started = time.perf_counter()
-                with in_process_run():  # as `aigc batch` runs it
-                    summary = batch_flow(batch_file=str(path), outputs_dir=str(tmp / "batches"))
+                with in_process_run():  # as `aigc batch` runs it, an item that fails included
+                    state = batch_flow(batch_file=str(path), outputs_dir=str(tmp / "batches"), return_state=True)
                 seconds = time.perf_counter() - started
+                summary = state.result(raise_on_failure=False)
             finally:
                 LocalBackend.max_concurrent_articles = bound
             counts = summary["counts"] if isinstance(summary, dict) else {"failed": "?"}
@@ -568,13 +569,15 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
     seq, par = seconds.values()
     one, default = runs.values()
     per_rep = ", ".join(f"{a['seconds'] / b['seconds']:.2f}x" for a, b in zip(one, default))
+    counts_per_run = "; ".join(f"{m}: {[r['counts'] for r in v]}" for m, v in runs.items())
     return {"title": f"4b. A nightly batch through the Prefect batch flow ({n} local articles, {sections} sections, "
                      f"{words} words)",
             "rows": [{"mode": m, "seconds": s, "speed-up": seq / s} for m, s in seconds.items()],
             "raw": runs, "targets": [],
             "note": f"aigc's default ({min(at_once, n)} local articles at once, kept in step, sharing generate() calls): "
                     f"{seq / par:.2f}x the speed of one at a time (per repetition {per_rep}; each run has its own "
-                    f"seeds, so that nothing is cached, and its own outlines and retries)."}
+                    f"seeds, so that nothing is cached, and its own outlines and retries; items written and failed "
+                    f"per run: {counts_per_run})."}
 
 
 # -- the openai backend --------------------------------------------------------------------------

@@ -342,6 +342,11 @@ def test_fused_decode_step_gives_transformers_logits(monkeypatch, kind, cache_ki
     fused = copy.deepcopy(plain)
     assert fastpath.install_fused_decode(fused, rows_hint=3, kind=kind)
     fastpath.pack_linears(fused, 3, kind=kind)
+    layer, mlp_class = fused.model.layers[0], CLASS_NAMES[kind][0]
+    other_class = "PackedLinear" if fastpath.mkldnn_linear_available() else mlp_class  # float16 for the MLP only
+    assert type(layer.mlp.down_proj).__name__ == type(layer.mlp.gate_proj.fused).__name__ == mlp_class
+    assert type(layer.self_attn.o_proj).__name__ == type(layer.self_attn.q_proj.fused).__name__ == other_class
+    assert type(fused.lm_head).__name__ == other_class
     steps = []
     real_step = fastpath._decode_step
     monkeypatch.setattr(fastpath, "_decode_step", lambda model, kwargs: steps.append(1) or real_step(model, kwargs))

@@ -106,30 +106,38 @@ def _packed_linear_class(kind: str = ONEDNN_PACKED):
     return HalfLinear if kind == FBGEMM_FP16 else PackedLinear
 
 
-def _pack_many(linears: Sequence[Any], rows_hint: int, kind: str) -> list[Any]:
-    """Packed copies of ``linears``, made on as many threads as torch uses for float16 weights.
+def _pack_many(items: Sequence[tuple[Any, str]], rows_hint: int) -> list[Any]:
+    """Packed copies of ``(linear, kind)`` items: float16 ones on as many threads as torch uses.
 
-    Each item is an ``nn.Linear``, or a list of them to pack side by side (see :func:`_side_by_side`;
+    Each linear is an ``nn.Linear``, or a list of them to pack side by side (see :func:`_side_by_side`;
     concatenated when its turn comes, so that only a few such copies exist at once).
 
-    fbgemm packs float16 weights slowly and on one core (1.7 s for SmolLM2, against 0.35 s for
-    oneDNN's reorder); the op releases the GIL, so threads share the work. oneDNN's reorder runs
-    on this thread: it is fast, and its parallel parts would start OpenMP teams on other threads.
+    fbgemm packs float16 weights slowly and on one core (12 ns a weight here: 1.7 s for all of
+    SmolLM2, against 0.35 s for oneDNN's reorder); the op releases the GIL, so threads share the
+    work. oneDNN's reorders run on this thread meanwhile: they are fast, and their parallel parts
+    would start OpenMP teams on other threads.
     """
     import torch
 
-    cls = _packed_linear_class(kind)
+    def pack(item: tuple[Any, str]) -> Any:
+        linear, kind = item
+        return _packed_linear_class(kind)(_side_by_side(linear) if isinstance(linear, (list, tuple)) else linear, rows_hint)
 
-    def pack(item: Any) -> Any:
-        return cls(_side_by_side(item) if isinstance(item, (list, tuple)) else item, rows_hint)
-
-    workers = min(len(linears), torch.get_num_threads()) if kind == FBGEMM_FP16 else 1
+    half = [i for i, (_, kind) in enumerate(items) if kind == FBGEMM_FP16]
+    workers = min(len(half), torch.get_num_threads())
     if workers <= 1:
-        return [pack(item) for item in linears]
+        return [pack(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
+    out: list[Any] = [None] * len(items)
     with ThreadPoolExecutor(workers, thread_name_prefix="aigc-pack") as pool:
-        return list(pool.map(pack, linears))
+        halves = pool.map(pack, [items[i] for i in half])
+        for i, item in enumerate(items):
+            if item[1] != FBGEMM_FP16:
+                out[i] = pack(item)
+        for i, packed in zip(half, halves):
+            out[i] = packed
+    return out
 
 
 def _replace_linears(model: Any, rows_hint: int, kind: str) -> int:
@@ -138,7 +146,7 @@ def _replace_linears(model: Any, rows_hint: int, kind: str) -> int:
 
     found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
              if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"]
-    for (module, name, _), packed in zip(found, _pack_many([child for _, _, child in found], rows_hint, kind)):
+    for (module, name, _), packed in zip(found, _pack_many([(child, kind) for _, _, child in found], rows_hint)):
         setattr(module, name, packed)
     return len(found)
 
@@ -554,15 +562,19 @@ def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) 
         return False
     import torch
 
+    # float16 weights for the MLP only: there fbgemm gains most (1.5x and 1.7x a product at 16 rows); q/k/v and o
+    # gained 8% and -6%, and the output layer 23% for 0.4 s more packing at every start (see pack_linears)
+    other = ONEDNN_PACKED if kind == FBGEMM_FP16 and mkldnn_linear_available() else kind
     layers, unpacked = model.model.layers, []
     head = model.get_output_embeddings()
-    if type(head) is torch.nn.Linear and head.weight.dtype == torch.float32:  # packed with the layers, first: the longest
-        unpacked.append(head)
+    if type(head) is torch.nn.Linear and head.weight.dtype == torch.float32:  # as pack_linears would
+        unpacked.append((head, other))
     for layer in layers:
         attn, mlp = layer.self_attn, layer.mlp
-        unpacked += [[attn.q_proj, attn.k_proj, attn.v_proj], attn.o_proj, [mlp.gate_proj, mlp.up_proj], mlp.down_proj]
-    packed = iter(_pack_many(unpacked, rows_hint, kind))  # o_proj, down_proj and the head: as pack_linears would
-    if unpacked[0] is head:
+        unpacked += [([attn.q_proj, attn.k_proj, attn.v_proj], other), (attn.o_proj, other),
+                     ([mlp.gate_proj, mlp.up_proj], kind), (mlp.down_proj, kind)]
+    packed = iter(_pack_many(unpacked, rows_hint))
+    if unpacked[0][0] is head:
         model.set_output_embeddings(next(packed))
     fused_layers = []
     for layer in layers:
