@@ -238,7 +238,7 @@ def bench_sweep(ctx: dict) -> dict:
 #: The parts of aigc's CPU fast path that the ablation turns off one at a time (LocalOptions fields).
 FAST_PATH = {
     "prepack": "pre-packed linear weights (float16 for fbgemm by default; without it the fused step is off too)",
-    "fp16_weights": "float16 linear weights for fbgemm (float32 weights packed for oneDNN instead)",
+    "fp16_weights": "float16 MLP weights for fbgemm (float32 weights packed for oneDNN instead)",
     "share_prefix": "prompt prefix computed once per group of rows",
     "reserve_cache": "KV cache reserved ahead, written in place",
     "decode_attention": "attention of one new token as two matrix products",
@@ -372,7 +372,7 @@ def bench_start(ctx: dict) -> dict:
             {"step": "  of which: import torch, transformers, aigc", "seconds": f["import"], "ratio to conversion": f["import"] / c},
             {"step": "  of which: transformers' lazy imports of the Llama and tokenizer classes", "seconds": f["lazy_import"],
              "ratio to conversion": f["lazy_import"] / c},
-            {"step": "  of which: LocalBackend().load() (read weights, build, pack for oneDNN)", "seconds": f["load"],
+            {"step": "  of which: LocalBackend().load() (read weights, build, pack for oneDNN and fbgemm)", "seconds": f["load"],
              "ratio to conversion": f["load"] / c}]
     return {"title": "3. Model start: GGUF conversion vs the cached safetensors copy", "rows": rows,
             "raw": {"conversion": conv, "fresh": fresh},

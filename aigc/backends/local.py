@@ -60,8 +60,9 @@ class LocalOptions(BaseModel):
     no_repeat_ngram_size: int = Field(0, ge=0)
     #: CPU, float32: pack linear weights once for fast kernels (see fp16_weights); off: plain nn.Linear.
     prepack: bool = True
-    #: With prepack: keep linear weights as float16 for fbgemm, multiplied in float32 (half the bytes per
-    #: step, faster; perplexity unchanged to 4 digits). Off: float32 weights in oneDNN's layout (same results).
+    #: With prepack: keep the MLP's linear weights (Llama family with the fused step; other models: every
+    #: linear) as float16 for fbgemm, multiplied in float32 (half the bytes, faster; perplexity unchanged
+    #: to 4 digits). Off: float32 weights in oneDNN's layout everywhere (the same results as transformers).
     fp16_weights: bool = True
     #: Compute a prompt start that several rows share (an article's sections) once, not once per row.
     share_prefix: bool = True
