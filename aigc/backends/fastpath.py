@@ -551,8 +551,9 @@ def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) 
     row into a dynamic KV cache (every ``generate()`` step after the first) then runs
     :func:`_decode_step`: the same arithmetic as transformers' forward, without its per-module
     dispatch. Every other call (prefill, scoring, training-style calls) goes to transformers' forward,
-    whose projections read the fused products. The layers' linears and the output layer are packed
-    as ``kind`` (see :func:`pack_linears`), whose ops this torch build must have.
+    whose projections read the fused products. The MLP's linears are packed as ``kind`` (see
+    :func:`pack_linears`), whose ops this torch build must have; q/k/v, o and the output layer as
+    oneDNN float32 where ``kind`` is float16 and oneDNN is there, else as ``kind`` too.
     """
     reason = fused_decode_unsupported(model)
     if reason is None and not packed_kernels_available(kind):
