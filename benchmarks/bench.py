@@ -331,9 +331,11 @@ t1 = time.perf_counter()
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.generation import utils as _generation
 t2 = time.perf_counter()
+c2 = time.process_time()
 LocalBackend(LocalOptions(threads=THREADS)).load()
-t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "lazy_import": t2 - t1, "load": t3 - t2, "threads": torch.get_num_threads()}))
+t3, c3 = time.perf_counter(), time.process_time()
+print(json.dumps({"import": t1 - t0, "lazy_import": t2 - t1, "load": t3 - t2, "load_cpu": c3 - c2,
+                  "threads": torch.get_num_threads()}))
 """
 
 
@@ -343,6 +345,18 @@ def bench_start(ctx: dict) -> dict:
 
     ensure_converted()
     conv, fresh = [], []
+
+    def fresh_load(label: str) -> None:
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", f"THREADS = {THREADS!r}\n" + _FRESH], capture_output=True, text=True,
+                             check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - started
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        fresh.append({"process": wall, "import+load": d["import"] + d["lazy_import"] + d["load"], "load": d["load"],
+                      "load_cpu": d["load_cpu"], "import": d["import"], "lazy_import": d["lazy_import"]})
+        say(f"  {label} fresh process: {wall:.2f} s wall, import {d['import']:.2f} s, transformers' lazy imports "
+            f"{d['lazy_import']:.2f} s, load {d['load']:.2f} s ({d['load_cpu']:.2f} s of CPU)")
+
     for rep in range(ctx["reps"]):
         with tempfile.TemporaryDirectory(prefix="aigc-bench-convert-") as tmp:
             started = time.perf_counter()
@@ -353,15 +367,9 @@ def bench_start(ctx: dict) -> dict:
         # not timed: the conversion has just written (and deleted) a 540 MB file; without this the fresh process
         # below ran while the kernel still wrote it back, and its load took about 2 s instead of about 1 s
         os.sync()
-        started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", f"THREADS = {THREADS!r}\n" + _FRESH], capture_output=True, text=True, check=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        wall = time.perf_counter() - started
-        d = json.loads(out.stdout.strip().splitlines()[-1])
-        fresh.append({"process": wall, "import+load": d["import"] + d["lazy_import"] + d["load"], "load": d["load"],
-                      "import": d["import"], "lazy_import": d["lazy_import"]})
-        say(f"  rep {rep + 1} fresh process: {wall:.2f} s wall, import {d['import']:.2f} s, transformers' lazy imports "
-            f"{d['lazy_import']:.2f} s, load {d['load']:.2f} s")
+        fresh_load(f"rep {rep + 1}")
+    while len(fresh) < ctx["loads"]:  # more loads than conversions: one load is cheap, and noisy here
+        fresh_load(f"load {len(fresh) + 1}")
     f = {k: med([x[k] for x in fresh]) for k in fresh[0]}
     c = med(conv)
     rows = [{"step": "GGUF -> safetensors conversion (convert_gguf, in process)", "seconds": c, "ratio to conversion": 1.0},
@@ -373,7 +381,9 @@ def bench_start(ctx: dict) -> dict:
             {"step": "  of which: transformers' lazy imports of the Llama and tokenizer classes", "seconds": f["lazy_import"],
              "ratio to conversion": f["lazy_import"] / c},
             {"step": "  of which: LocalBackend().load() (read weights, build, pack for oneDNN and fbgemm)", "seconds": f["load"],
-             "ratio to conversion": f["load"] / c}]
+             "ratio to conversion": f["load"] / c},
+            {"step": "  its CPU time, all threads (what it costs when the cores are shared)", "seconds": f["load_cpu"],
+             "ratio to conversion": f["load_cpu"] / c}]
     return {"title": "3. Model start: GGUF conversion vs the cached safetensors copy", "rows": rows,
             "raw": {"conversion": conv, "fresh": fresh},
             "targets": [target("warm model start (load of the cached copy, imports done) < 2 s", f["load"], 2.0, higher=False,
@@ -433,6 +443,37 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its living descendants, from /proc (0 without it)."""
+    tick, total, todo = os.sysconf("SC_CLK_TCK"), 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
+
+
+def _settle(pid: int, quiet: float = 0.02, limit: float = 10.0) -> float:
+    """Wait (at most ``limit`` s) until the Prefect server uses under ``quiet`` s of CPU in 0.5 s; the seconds waited.
+
+    A flow run leaves the server work to do after it returns (events, logs); without this the next timed run,
+    direct or flow, paid for it at random.
+    """
+    started, before = time.perf_counter(), _tree_cpu(pid)
+    while time.perf_counter() - started < limit:
+        time.sleep(0.5)
+        now = _tree_cpu(pid)
+        if now - before < quiet:
+            break
+        before = now
+    return time.perf_counter() - started
+
+
 def bench_flow(ctx: dict) -> dict:
     """A whole article through the Prefect flow vs pipeline.write_article; then the flow's cached re-run."""
     pe = ctx["prefect"]
@@ -446,6 +487,7 @@ def bench_flow(ctx: dict) -> dict:
         if get_current_settings().api.url != api:
             raise RuntimeError(f"prefect is not pointed at the benchmark's server ({get_current_settings().api.url})")
         from aigc import pipeline
+        from aigc.errors import OutlineError
         from aigc.spec import ArticleSpec
         from flows.article import article_flow
         from flows.common import in_process_run
@@ -464,9 +506,37 @@ def bench_flow(ctx: dict) -> dict:
                          outputs_dir=str(tmp / "warm"), **({"backend_options": {"threads": THREADS}} if THREADS else {}))
         first_call = time.perf_counter() - started
         say(f"flow: warm-up flow call {first_call:.1f} s (not counted)")
-        reps = []
-        for i in range(ctx["reps"]):
+        gen_seconds: list[float] = []  # time inside the model's generate() calls: the same work on both paths
+        generate = backend.generate
+
+        def timed_generate(requests):
+            t = time.perf_counter()
+            try:
+                return generate(requests)
+            finally:
+                gen_seconds.append(time.perf_counter() - t)
+
+        backend.generate = timed_generate  # the flow's tasks get this same backend (pipeline.backend_for)
+        server_pid = proc.pid
+
+        def run(step, r) -> None:
+            """One timed run, started once the server is quiet; its server CPU during and after it."""
+            r[f"{step.__name__}_settle_before"] = _settle(server_pid)
+            gen_seconds.clear()
+            c0, m0 = _tree_cpu(server_pid), time.process_time()
+            step()
+            c1, m1 = _tree_cpu(server_pid), time.process_time()
+            r[f"{step.__name__}_generate"] = sum(gen_seconds)
+            r[f"{step.__name__}_cpu"] = m1 - m0  # this process, all its threads
+            r[f"{step.__name__}_server_cpu"] = c1 - c0
+            r[f"{step.__name__}_settle_after"] = _settle(server_pid)
+            r[f"{step.__name__}_server_cpu_after"] = _tree_cpu(server_pid) - c1
+
+        reps, skipped = [], []
+        i = 0
+        while len(reps) < ctx["flow_reps"] and i < ctx["flow_reps"] + 4:
             p, r = params(i), {}
+            i += 1
 
             def direct():
                 t = time.perf_counter()
@@ -479,18 +549,32 @@ def bench_flow(ctx: dict) -> dict:
                     res = article_flow(**p, outputs_dir=str(tmp / "flow"))
                 r["flow"], r["flow_words"], r["flow_steps"] = time.perf_counter() - t, res["words"], res["steps"]
 
-            for step in ((direct, flow) if i % 2 == 0 else (flow, direct)):
-                step()
+            try:
+                for step in ((direct, flow) if len(reps) % 2 == 0 else (flow, direct)):
+                    run(step, r)
+            except OutlineError as exc:  # the model's outline for this topic and seed is unusable: another one
+                skipped.append(f"{p['topic']!r} seed {p['seed']}: {exc}")
+                say(f"  skipped {p['topic']!r} (seed {p['seed']}): {str(exc)[:100]}")
+                continue
+            _settle(server_pid)
             t = time.perf_counter()
             with in_process_run():
                 res = article_flow(**p, outputs_dir=str(tmp / "flow"))
             r["cached"], r["cached_steps"], r["cached_status"] = time.perf_counter() - t, res["steps"], res["status"]
             r["overhead"] = (r["flow"] - r["direct"]) / r["direct"]
+            r["outside_generate"] = ((r["flow"] - r["flow_generate"]) - (r["direct"] - r["direct_generate"])) / r["direct"]
+            r["generate_change"] = (r["flow_generate"] - r["direct_generate"]) / r["direct_generate"]
             r["cached_ratio"] = r["cached"] / r["flow"]
+            r["topic"], r["seed"] = p["topic"], p["seed"]
             reps.append(r)
-            say(f"  rep {i + 1} {p['topic']!r}: direct {r['direct']:.1f} s ({r['direct_words']} words), flow "
-                f"{r['flow']:.1f} s ({r['flow_words']} words), overhead {100 * r['overhead']:+.1f}%; cached re-run "
-                f"{r['cached']:.2f} s ({100 * r['cached_ratio']:.1f}%), steps {r['cached_steps']}")
+            say(f"  rep {len(reps)} {p['topic']!r}: direct {r['direct']:.1f} s ({r['direct_words']} words), flow "
+                f"{r['flow']:.1f} s ({r['flow_words']} words), overhead {100 * r['overhead']:+.1f}% (outside generate() "
+                f"{100 * r['outside_generate']:+.1f}%, generate() {100 * r['generate_change']:+.1f}%); server CPU "
+                f"{r['direct_server_cpu']:.2f} / {r['flow_server_cpu']:.2f} s (+{r['flow_server_cpu_after']:.2f} s after the "
+                f"flow); cached re-run {r['cached']:.2f} s ({100 * r['cached_ratio']:.1f}%), steps {r['cached_steps']}")
+        backend.generate = generate
+        if not reps:
+            raise RuntimeError(f"no article could be written through both paths: {skipped}")
         batch_runs = _batch_runs(ctx, tmp)
     finally:
         stop(proc)
@@ -498,14 +582,27 @@ def bench_flow(ctx: dict) -> dict:
     d, f, c = (med([r[k] for r in reps]) for k in ("direct", "flow", "cached"))
     overhead = med([r["overhead"] for r in reps])
     cached_ratio = med([r["cached_ratio"] for r in reps])
-    settings = {"sections": n, "words": words, "prefect_server_startup_s": round(startup, 1),
-                "first_flow_call_in_process_s": round(first_call, 2), "load_note": "same warm model for both paths"}
+    outside, gen_change = med([r["outside_generate"] for r in reps]), med([r["generate_change"] for r in reps])
+    server_extra = med([r["flow_server_cpu"] - r["direct_server_cpu"] for r in reps])
+    server_after = med([r["flow_server_cpu_after"] for r in reps])
+    settings = {"sections": n, "words": words, "pairs": len(reps), "skipped": skipped,
+                "prefect_server_startup_s": round(startup, 1), "first_flow_call_in_process_s": round(first_call, 2),
+                "load_note": "same warm model for both paths",
+                "settle_note": "each timed run starts once the Prefect server has used under 0.02 s of CPU in 0.5 s (at most 10 s)"}
     flow_out = {"title": f"4. Whole article ({n} sections, {words} words, generated outline): Prefect flow vs direct",
                 "settings": settings,
                 "rows": [{"path": "pipeline.write_article (direct)", "seconds": d, "ratio to direct": 1.0},
                          {"path": "article_flow (Prefect server on 127.0.0.1)", "seconds": f, "ratio to direct": f / d},
                          {"path": "overhead (median of per-rep (flow - direct) / direct)", "seconds": f - d,
                           "ratio to direct": overhead},
+                         {"path": "  of which outside generate() (median of per-rep differences, as a share of direct)",
+                          "seconds": outside * d, "ratio to direct": outside},
+                         {"path": "  of which inside generate(): the same tokens, timed in each path (median change)",
+                          "seconds": gen_change * med([r["direct_generate"] for r in reps]), "ratio to direct": gen_change},
+                         {"path": "Prefect server CPU during the flow run, beyond what it used during the direct run (s)",
+                          "seconds": server_extra, "ratio to direct": server_extra / d},
+                         {"path": "Prefect server CPU after the flow run returned (s, not in either time)",
+                          "seconds": server_after, "ratio to direct": server_after / d},
                          {"path": "cached flow re-run (an upper bound on fixed orchestration cost)", "seconds": c,
                           "ratio to direct": c / d}],
                 "raw": reps,
@@ -798,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.md and results.json")
     parser.add_argument("--only", default="", help=f"comma-separated parts: {','.join(SECTIONS + OPTIONAL)}")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per figure (median); --quick sets 1")
+    parser.add_argument("--flow-reps", type=int, default=7,
+                        help="article pairs (direct, flow) of the flow part, whose per-pair noise here is about 10%%; --quick sets 1")
+    parser.add_argument("--loads", type=int, default=5, help="fresh-process loads of the start part (median); --quick sets 1")
     parser.add_argument("--batches", default="1,4,8,16", help="batch sizes of the sweep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (LocalOptions.threads); default: aigc's")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per section (default 128, --quick 16)")
@@ -815,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     global THREADS
     THREADS = args.threads
-    ctx = {"reps": 1 if q else args.reps, "new_tokens": args.new_tokens or (16 if q else 128), "b1_requests": 2 if q else 4,
+    ctx = {"reps": 1 if q else args.reps, "flow_reps": 1 if q else args.flow_reps, "loads": 1 if q else args.loads, "new_tokens": args.new_tokens or (16 if q else 128), "b1_requests": 2 if q else 4,
            "batches": [int(b) for b in args.batches.split(",")], "article_sections": 2 if q else 4,
            "article_words": 60 if q else 240,
            "nightly_sections": 2 if q else 8, "nightly_words": 60 if q else 720,
@@ -830,7 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"meta": {"command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
                         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()} {platform.system()}",
                         "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-                        "prefect": prefect.__version__, "reps": ctx["reps"], "quick": q, "threads": THREADS or "aigc default", "load_start": load()},
+                        "prefect": prefect.__version__, "reps": ctx["reps"], "flow_reps": ctx["flow_reps"],
+                        "loads": ctx["loads"], "quick": q, "threads": THREADS or "aigc default", "load_start": load()},
                "sections": {}}
     funcs = {"local": bench_local, "sweep": bench_sweep, "ablation": bench_ablation, "nightly": bench_nightly, "start": bench_start, "flow": bench_flow, "api": bench_api,
              "serve": bench_serve, "llamacpp": bench_llamacpp}
