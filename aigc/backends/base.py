@@ -164,6 +164,12 @@ class Backend(ABC):
         """Release resources."""
 
 
+def trim_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` before the first stop string in it; say whether one was found (a no-op when none is there)."""
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 def generate_with_prefill(backend: Backend, requests: Sequence[GenerationRequest]) -> list[Completion]:
     """Generate, continuing each request's prefill where the backend can, and return full replies.
 

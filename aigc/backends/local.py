@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.backends.base import ARTICLE_STEPS, Backend, Completion, GenerationRequest, parse_options
+from aigc.backends.base import ARTICLE_STEPS, Backend, Completion, GenerationRequest, parse_options, trim_at_stop
 from aigc.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
@@ -124,12 +124,6 @@ def _available_memory(torch: Any, device: str) -> int:
     except OSError:
         pass
     return 4 * 1024**3
-
-
-def _trim_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the first stop string; say whether one was found."""
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 class LocalBackend(Backend):
@@ -528,7 +522,7 @@ class LocalBackend(Backend):
         for prompt, row in zip(prompts, out[:, width:].tolist()):
             n = next((k for k, tok in enumerate(row) if tok in ends), None)
             new_tokens = row if n is None else row[:n]
-            text, stopped = _trim_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), req.stop)
+            text, stopped = trim_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), req.stop)
             finished = stopped or n is not None
             completions.append(
                 Completion(

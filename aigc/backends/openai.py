@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options
+from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options, trim_at_stop
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class OpenAIBackend(Backend):
             raise self._map_error(err) from None
         finish = {"length": "length", "content_filter": "error"}.get(choice.finish_reason or "stop", "stop")
         # the API takes four stops and may echo the one it stopped at (transformers serve does): cut client-side
-        text, cut = _cut_at_stops(text, request.stop)
+        text, cut = trim_at_stop(text, request.stop)
         if cut:
             finish = "stop"
         usage = getattr(resp, "usage", None)
@@ -261,9 +261,3 @@ def _first_choice(resp: Any, backend: OpenAIBackend) -> Any:
             retryable=False,
         )
     return choices[0]
-
-
-def _cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` before the first stop string in it (a no-op for servers that already leave it out)."""
-    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
