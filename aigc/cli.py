@@ -202,7 +202,7 @@ def write(topic: str, outline_file: str | None, outputs_dir: str | None, templat
 @main.command()
 def prepare() -> None:
     """Convert the embedded default model to a cached safetensors folder (once; about 20-40 s)."""
-    from aigc.backends.embedded import converted_folder, ensure_converted, is_converted
+    from aigc.backends.local.embedded import converted_folder, ensure_converted, is_converted
 
     try:
         fresh = not is_converted()

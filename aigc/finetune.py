@@ -198,7 +198,7 @@ def load_corpus(path: str | Path, text_field: str = "text") -> Corpus:
 def resolve_model(model: str) -> str:
     """``embedded`` -> the converted embedded model folder; anything else (folder or HF id) as is."""
     if model == "embedded":
-        from aigc.backends.embedded import ensure_converted
+        from aigc.backends.local.embedded import ensure_converted
 
         return str(ensure_converted())
     return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model

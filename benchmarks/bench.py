@@ -129,7 +129,7 @@ class PlainGenerate:
         import torch
         import transformers
 
-        from aigc.backends.embedded import ensure_converted
+        from aigc.backends.local.embedded import ensure_converted
         from aigc.backends.local import LocalBackend, _prepare_tokenizer
 
         path = ensure_converted()
@@ -340,7 +340,7 @@ print(json.dumps({"import": t1 - t0, "lazy_import": t2 - t1, "load": t3 - t2, "l
 
 
 def bench_start(ctx: dict) -> dict:
-    from aigc.backends.embedded import convert_gguf, ensure_converted
+    from aigc.backends.local.embedded import convert_gguf, ensure_converted
     from aigc.backends.local import run_on_model_thread
 
     ensure_converted()
@@ -758,7 +758,7 @@ def bench_api(ctx: dict) -> dict:
 
 
 def bench_serve(ctx: dict) -> dict:
-    from aigc.backends.embedded import ensure_converted
+    from aigc.backends.local.embedded import ensure_converted
     from aigc.serving import start_transformers_serve
 
     say("serve: starting transformers serve (not timed)")
@@ -786,7 +786,7 @@ def _llamacpp_start(max_batch: int, new: int, threads: int | None) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from llamacpp_batched import chat_prompt_ids, make_llm, run_batched
 
-    from aigc.backends.embedded import GGUF_FILE, gguf_folder
+    from aigc.backends.local.embedded import GGUF_FILE, gguf_folder
 
     llm = make_llm(gguf_folder() / GGUF_FILE, n_ctx_per_seq=512, max_batch=max_batch, threads=threads)
     prompts = [chat_prompt_ids(llm, [m.model_dump() for m in r.without_prefill().messages])

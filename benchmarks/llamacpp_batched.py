@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: aigc's embedded model)")
     args = parser.parse_args()
     if args.model is None:
-        from aigc.backends.embedded import GGUF_FILE, gguf_folder
+        from aigc.backends.local.embedded import GGUF_FILE, gguf_folder
 
         args.model = gguf_folder() / GGUF_FILE
     llm = make_llm(args.model, max_batch=max(args.batch, 1), threads=args.threads)

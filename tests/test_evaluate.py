@@ -264,7 +264,7 @@ def tiny_gpt2(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from aigc.backends.embedded import ensure_converted
+    from aigc.backends.local.embedded import ensure_converted
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(ensure_converted())

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from aigc.backends import fastpath  # noqa: E402
+from aigc.backends.local import fastpath  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not fastpath.mkldnn_linear_available(), reason="this torch build has no oneDNN linear ops")
 KINDS = [pytest.param(kind, marks=pytest.mark.skipif(not fastpath.packed_kernels_available(kind),

@@ -31,7 +31,7 @@ def tiny_gpt2(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from aigc.backends.embedded import ensure_converted
+    from aigc.backends.local.embedded import ensure_converted
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_converted())
     tokenizer.chat_template = None
@@ -462,7 +462,7 @@ def test_embedded_model_chat_batch():
 def test_an_old_converted_copy_is_converted_again(tmp_path, monkeypatch):
     import json
 
-    from aigc.backends import embedded
+    from aigc.backends.local import embedded
 
     monkeypatch.setenv("AIGC_CACHE_DIR", str(tmp_path))
     folder = embedded.converted_folder()

@@ -303,7 +303,7 @@ def test_an_injected_client_is_used_as_is(monkeypatch):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from aigc.backends.embedded import ensure_converted
+    from aigc.backends.local.embedded import ensure_converted
     from aigc.serving import start_transformers_serve
 
     log = tmp_path_factory.mktemp("serve") / "server.log"

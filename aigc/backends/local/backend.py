@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Iterator, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigc.backends.base import ARTICLE_STEPS, Backend, Completion, GenerationRequest, parse_options, trim_at_stop
-from aigc.backends.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
+from aigc.backends.local.loading import context_length as _context_length, run_on_model_thread
+from aigc.backends.local.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, ensure_converted
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -89,17 +90,6 @@ def _torch():
 def _is_path_like(model: str) -> bool:
     """A folder rather than a hub id ("org/name" has one slash and no leading dot, slash or tilde)."""
     return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1
-
-
-def _context_length(config: Any, tokenizer: Any = None) -> int | None:
-    """The model's context window from its config (max_position_embeddings / n_positions)."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
 
 
 def _kv_bytes_per_token(config: Any, itemsize: int) -> int:
@@ -182,7 +172,7 @@ class LocalBackend(Backend):
 
     def _kernels(self, device: str, dtype: str) -> str:
         """How the linear layers run: "fbgemm-fp16" or "onednn-packed" (CPU float32, see :mod:`aigc.backends.fastpath`) or "default"."""
-        from aigc.backends.fastpath import FBGEMM_FP16, ONEDNN_PACKED
+        from aigc.backends.local.fastpath import FBGEMM_FP16, ONEDNN_PACKED
 
         if device != "cpu" or not self.options.prepack or dtype != "float32":
             return "default"
@@ -190,13 +180,13 @@ class LocalBackend(Backend):
 
     def _attention(self, device: str) -> str:
         """The attention asked for: aigc's decode attention on a CPU (see :func:`fastpath.decode_attention`), else the model's own."""
-        from aigc.backends.fastpath import DECODE_ATTENTION
+        from aigc.backends.local.fastpath import DECODE_ATTENTION
 
         return DECODE_ATTENTION if device == "cpu" and self.options.decode_attention else "default"
 
     def _decode(self, kernels: str) -> str:
         """The decode step asked for: aigc's fused one (see :func:`fastpath.install_fused_decode`) with packed kernels, else transformers'."""
-        from aigc.backends.fastpath import FUSED_DECODE, PACKED_KERNELS
+        from aigc.backends.local.fastpath import FUSED_DECODE, PACKED_KERNELS
 
         return FUSED_DECODE if kernels in PACKED_KERNELS and self.options.fused_decode else "transformers"
 
@@ -293,7 +283,7 @@ class LocalBackend(Backend):
 
     def _speed_up(self, model: Any, kernels: str, attention: str, decode: str) -> tuple[str, str]:
         """Apply the CPU fast path chosen by :meth:`_kernels`, :meth:`_attention` and :meth:`_decode`; return what really applies."""
-        from aigc.backends import fastpath
+        from aigc.backends.local import fastpath
 
         if attention == fastpath.DECODE_ATTENTION:
             fastpath.use_decode_attention(model)
@@ -433,7 +423,7 @@ class LocalBackend(Backend):
         the model takes no position ids); ``layout`` (see :func:`fastpath.shared_prefill_layout`) is
         None for plain left padding. With a layout, each group's prefix is already in ``cache``.
         """
-        from aigc.backends import fastpath
+        from aigc.backends.local import fastpath
 
         o = self.options
         params = _forward_params(model)
@@ -497,7 +487,7 @@ class LocalBackend(Backend):
             settings["no_repeat_ngram_size"] = self.options.no_repeat_ngram_size
         processors = transformers.LogitsProcessorList()
         if sampled:
-            from aigc.backends.fastpath import top_k_top_p_sampler
+            from aigc.backends.local.fastpath import top_k_top_p_sampler
 
             processors.append(top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p, generators,
                                                   repetition_penalty=self.options.repetition_penalty))
@@ -686,47 +676,6 @@ def _wake_batchers() -> None:
     """Every loaded model's batcher re-checks whom it waits for (an article ended or moved on a step)."""
     for batcher in list(_BATCHERS):
         batcher.wake()
-
-
-class _ModelThread:
-    """The one thread that runs the torch work of local models in this process: loading, generating, scoring.
-
-    Measured on a 2-core CPU: a model loaded on one thread and run on another decoded 40% slower
-    than on the thread that loaded it, and articles written by several threads each brought their
-    own OpenMP team. A daemon thread, so that Ctrl-C never waits for a generation to finish.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-
-    def call(self, fn):
-        if threading.current_thread() is self.thread:
-            return fn()
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._serve, name="aigc-model", daemon=True)
-                self.thread.start()
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self.jobs.put((contextvars.copy_context(), fn, future))  # the caller's context: its Prefect run, its logger
-        return future.result()
-
-    def _serve(self) -> None:
-        while True:
-            context, fn, future = self.jobs.get()
-            try:
-                future.set_result(context.run(fn))
-            except BaseException as exc:  # noqa: BLE001 - the caller gets it
-                future.set_exception(exc)
-
-
-_MODEL_THREAD = _ModelThread()
-
-
-def run_on_model_thread(fn):
-    """``fn()`` on the thread that loads and runs local models (see :class:`_ModelThread`); its result or its error."""
-    return _MODEL_THREAD.call(fn)
 
 
 def _progress_criterion(batch: int, max_new: int):
