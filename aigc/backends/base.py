@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterator, Literal, Sequence, TypeVar
+from typing import Any, ClassVar, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aigc.errors import ConfigError
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
-
-#: The steps of an article that call a backend, in order (see :meth:`Backend.article_step`).
-ARTICLE_STEPS = ("outline", "sections")
-
 
 def parse_options(model: type[OptionsT], options: dict[str, Any], backend: str) -> OptionsT:
     """Validate a backend's options; a typo or bad value is one ConfigError line naming the option."""
@@ -50,6 +45,8 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    #: What the request is for ("outline", "section", "title", ...): for logs, progress and test fakes; never sent.
+    purpose: str = ""
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerationRequest":
@@ -92,13 +89,6 @@ class Completion(BaseModel):
     seconds: float = 0.0
 
 
-class ArticleComing:
-    """An announced article (see :meth:`Backend.article_coming`); this one waits for nothing."""
-
-    def cancel(self) -> None:
-        """The item is done: stop waiting for its article."""
-
-
 class Backend(ABC):
     """Turns a batch of requests into a batch of completions, in the same order.
 
@@ -107,15 +97,10 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
-    supports_chat: ClassVar[bool] = True
-    supports_batching: ClassVar[bool] = True
     #: Whether a trailing assistant message is continued (prefill), rather than answered.
     supports_prefill: ClassVar[bool] = False
-    #: How many articles of a batch may run at once against this backend.
+    #: How many articles a batch puts into one step's call (see :meth:`concurrent_articles`).
     max_concurrent_articles: ClassVar[int] = 1
-    #: Whether articles written at once share this backend's calls (the local model): then
-    #: ``concurrent_articles`` is a ceiling that a batch's --concurrency may lower but not raise.
-    merges_articles: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -126,34 +111,10 @@ class Backend(ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Generate one completion per request, in order."""
 
-    @contextlib.contextmanager
-    def article(self) -> Iterator[None]:
-        """Mark the calling thread as writing one article with this backend until the block ends.
-
-        A backend that merges the calls of articles written side by side (the local one) has a call
-        wait briefly for the other articles in progress; the others ignore it. The article starts at
-        its outline (the first of ``ARTICLE_STEPS``).
-        """
-        yield
-
-    def article_coming(self) -> "ArticleComing":
-        """Announce an article that a batch has just started with this backend; ``cancel()`` it when the item is done.
-
-        The local backend's first calls wait a moment for the articles announced, so that their outlines
-        share a call; the others ignore it.
-        """
-        return ArticleComing()
-
-    def article_step(self, step: str) -> None:
-        """The calling thread's article moves on to ``step``, one of ``ARTICLE_STEPS`` (inside :meth:`article`).
-
-        The local backend keeps the articles of a batch in step with it; the others ignore it.
-        """
-        if step not in ARTICLE_STEPS:
-            raise ValueError(f"unknown article step {step!r}; steps: {', '.join(ARTICLE_STEPS)}")
-
     def concurrent_articles(self, sections: int) -> int:
-        """How many articles of ``sections`` sections a batch may write at once with this backend."""
+        """How many articles of ``sections`` sections a batch writes together: their outline requests share one
+        ``generate()`` call, then their section requests share the next (a local model: as many as fill one
+        batch of rows; an API: requests in flight)."""
         return max(1, int(self.max_concurrent_articles))
 
     def describe(self) -> dict:

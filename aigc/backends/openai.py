@@ -79,8 +79,6 @@ class OpenAIBackend(Backend):
     """Chat or text completions from an OpenAI-compatible server; transient failures are retried by the client."""
 
     name: ClassVar[str] = "openai"
-    supports_chat: ClassVar[bool] = True
-    supports_batching: ClassVar[bool] = True
     max_concurrent_articles: ClassVar[int] = 4
 
     def __init__(
