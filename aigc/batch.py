@@ -8,13 +8,12 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aigc.errors import InputError, OutputError
-from aigc.outputs import slugify
+from aigc.outputs import slugify, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 from aigc.paths import REPO_ROOT
 from aigc.spec import ArticleSpec
 
@@ -233,24 +232,6 @@ def _no_duplicates(items: list[BatchItem]) -> None:
 
 
 # -- the batch's folder -------------------------------------------------------------------------
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``path`` all at once: a temporary file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def clean_stray(folder: Path) -> list[str]:
     """Remove temporary files and folders a killed run left in ``folder``; returns their names."""
     removed = []

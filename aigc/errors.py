@@ -45,3 +45,24 @@ class BackendError(AigcError):
 
 class MissingDependencyError(BackendError):
     """An optional library is not installed; the message names the extra to install."""
+
+
+def validate(model: type, values: dict, *, where: str, label: str = "", error: type[AigcError] = ConfigError):
+    """Build the pydantic ``model`` from ``values``; its first validation error becomes one ``error`` line.
+
+    ``<where>: <label> 'field': <message>`` (``<where>: field: <message>`` without a label), and for a
+    field the model does not have: ``<where>: unknown <label> 'field'; known <label>s: ...``.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "input"
+        noun = label or "field"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            raise error(f"{where}: unknown {noun} {field!r}; known {noun}s: {known}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise error(f"{where}: {label} {field!r}: {msg}" if label else f"{where}: {field}: {msg}") from None

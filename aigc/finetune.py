@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from aigc.errors import ConfigError, InputError, MissingDependencyError
+from aigc.errors import ConfigError, InputError, MissingDependencyError, validate
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,7 @@ class FinetuneOptions(BaseModel):
 
 def make_options(**values: Any) -> FinetuneOptions:
     """Build options, turning a validation failure into one ConfigError line naming the field."""
-    try:
-        return FinetuneOptions(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "options"
-        raise ConfigError(f"fine-tune option {name!r}: {first['msg']}") from None
+    return validate(FinetuneOptions, values, where="fine-tune", label="option")
 
 
 @dataclass

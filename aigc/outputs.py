@@ -67,10 +67,7 @@ def write_article_files(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slug}-", dir=root))
     try:
         for name, text in files.items():
-            with open(tmp / name, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), text)
         os.chmod(tmp, 0o755)
         target = root / slug
         if overwrite and target.exists():
@@ -94,3 +91,27 @@ def write_article_files(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` all at once: a temporary file beside it, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        _write_synced(fd, text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_synced(fd: int, text: str) -> None:
+    """Write UTF-8 ``text`` to the open file ``fd``, flush it to disk and close it."""
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -6,9 +6,9 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aigc.errors import InputError
+from aigc.errors import InputError, validate
 
 #: Tokens per English word for budgeting (byte-level BPE tokenizers average ~1.3-1.4).
 TOKENS_PER_WORD = 1.4
@@ -51,13 +51,7 @@ class ArticleSpec(BaseModel):
     @classmethod
     def build(cls, source: str = "input", **values: Any) -> "ArticleSpec":
         """Validate, turning pydantic's errors into one InputError line naming the field."""
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "input"
-            msg = first["msg"].removeprefix("Value error, ")
-            raise InputError(f"{source}: {field}: {msg}") from None
+        return validate(cls, values, where=source, error=InputError)
 
     # -- derived values ------------------------------------------------------------
     @property
