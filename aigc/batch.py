@@ -293,36 +293,31 @@ class BatchLock:
 # -- planning and the index ---------------------------------------------------------------------
 @dataclass
 class Plan:
-    """What a run will do with one item: its expected inputs key, its concurrency lane, and any finished copy."""
+    """What a run will do with one item: its expected inputs key, its backend group, and any finished copy."""
 
     item: BatchItem
     key: str
-    lane: str
+    #: Items with the same lane share a backend and are written together, at most ``limit`` at a time.
+    lane: tuple
     limit: int
     done: Path | None
-    #: The backend merges the calls of articles written at once: ``limit`` is a ceiling, not a default.
-    ceiling: bool = False
-    #: The item's backend (shared, no model loaded by planning), told when the item's article starts.
-    backend: Any = None
 
 
 def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -> Plan:
     """Work out, without a model call, whether ``item`` is already written under ``folder``."""
     from aigc.assemble import inputs_key
-    from aigc.backends import get_backend
     from aigc.outputs import find_existing
-    from aigc.pipeline import template_info
+    from aigc.pipeline import backend_for, backend_key, template_info
     from aigc.templates import TemplateStore
 
     spec = item.spec
     store = TemplateStore(templates_dir)
     store.check_style(spec.style)
     hashes = {step: info["sha256"] for step, info in template_info(spec, store).items()}
-    backend = get_backend(spec.backend, **spec.backend_options)  # validates options; loads no model
+    backend = backend_for(spec)  # validates options; loads no model
     key = inputs_key(spec, hashes, backend.describe().get("model", ""))
     done = find_existing(folder, slugify(spec.topic), key)
-    return Plan(item, key, spec.backend, backend.concurrent_articles(spec.sections), done,
-                ceiling=backend.merges_articles, backend=backend)
+    return Plan(item, key, backend_key(spec), backend.concurrent_articles(spec.sections), done)
 
 
 def read_record(folder: str | Path | None) -> dict[str, Any]:

@@ -139,30 +139,55 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, attempts: int) 
             seed=spec.seed + attempt,
             # stop before an item past the ones asked for
             stop=(f"\n{spec.sections + 1}.",),
+            purpose="outline",
         )
         for attempt in range(attempts)
     ]
 
 
+def generate_outlines(
+    backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore, *, attempts: int = 3
+) -> list[dict | OutlineError]:
+    """Outlines of several articles: each round is one batched call for every article still without one.
+
+    Returns, per spec, ``{"titles", "attempts", "raw", usage...}`` or the OutlineError that says why
+    it has none; one article's unusable outline never stops the others.
+    """
+    requests = [outline_requests(spec, store, attempts=attempts) for spec in specs]
+    results: list[dict | OutlineError | None] = [None] * len(specs)
+    problems: list[list[str]] = [[] for _ in specs]
+    usage = [{"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0} for _ in specs]
+    pending = list(range(len(specs)))
+    for attempt in range(attempts):
+        if not pending:
+            break
+        completions = generate_with_prefill(backend, [requests[i][attempt] for i in pending])
+        still = []
+        for i, completion in zip(pending, completions):
+            used = usage[i]
+            used["prompt_tokens"] += completion.prompt_tokens
+            used["completion_tokens"] += completion.completion_tokens
+            used["seconds"] += completion.seconds
+            try:
+                titles = validate_outline(parse_outline(completion.text), specs[i].sections, topic=specs[i].topic)
+            except OutlineError as err:
+                problems[i].append(str(err))
+                log.warning("%s: outline attempt %d/%d unusable (%s)", specs[i].topic, attempt + 1, attempts, err)
+                still.append(i)
+                continue
+            results[i] = {"titles": titles, "attempts": attempt + 1, "raw": completion.text, **used}
+        pending = still
+    for i in pending:
+        results[i] = OutlineError(
+            f"no usable outline after {attempts} attempts ({problems[i][-1]}); "
+            "try another --seed, fewer --sections, or pass --outline"
+        )
+    return results  # type: ignore[return-value]
+
+
 def generate_outline(backend: Backend, spec: ArticleSpec, store: TemplateStore, *, attempts: int = 3) -> dict:
-    """Ask the backend for an outline until one validates; returns titles, attempts and usage."""
-    requests = outline_requests(spec, store, attempts=attempts)
-    problems = []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
-    for attempt, request in enumerate(requests, 1):
-        completion = generate_with_prefill(backend, [request])[0]
-        usage["prompt_tokens"] += completion.prompt_tokens
-        usage["completion_tokens"] += completion.completion_tokens
-        usage["seconds"] += completion.seconds
-        try:
-            titles = validate_outline(parse_outline(completion.text), spec.sections, topic=spec.topic)
-        except OutlineError as err:
-            problems.append(str(err))
-            log.warning("Outline attempt %d/%d unusable (%s); retrying with seed %s", attempt, attempts, err,
-                        request.seed + 1 if request.seed is not None else "random")
-            continue
-        return {"titles": titles, "attempts": attempt, "raw": completion.text, **usage}
-    raise OutlineError(
-        f"no usable outline after {attempts} attempts ({problems[-1]}); "
-        "try another --seed, fewer --sections, or pass --outline"
-    )
+    """The outline of one article (see :func:`generate_outlines`); raises OutlineError when it has none."""
+    result = generate_outlines(backend, [spec], store, attempts=attempts)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result

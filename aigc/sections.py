@@ -1,4 +1,4 @@
-"""The sections step: expand every section of an article in one batch, then clean the prose."""
+"""The sections step: expand every section of every article in one batch, then clean the prose."""
 
 from __future__ import annotations
 
@@ -43,33 +43,39 @@ def section_requests(
                 temperature=spec.temperature,
                 top_p=spec.top_p,
                 seed=spec.seed + seed_offset,
+                purpose="section",
             )
         )
     return requests
 
 
-def expand_sections(backend: Backend, spec: ArticleSpec, titles: Sequence[str], store: TemplateStore) -> list[dict]:
-    """Write every section (one batched backend call, plus one for any that came out empty)."""
-    requests = section_requests(spec, titles, store)
-    completions = generate_with_prefill(backend, requests)
-    results = [_result(spec, titles, i, c, attempts=1) for i, c in enumerate(completions)]
-    short = [i for i, r in enumerate(results) if r["words"] < MIN_SECTION_WORDS]
+def expand_sections(
+    backend: Backend, specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]], store: TemplateStore
+) -> list[list[dict]]:
+    """Write every section of every article: one batched backend call, plus one for any that came out empty.
+
+    ``outlines[i]`` holds the section titles of ``specs[i]``; returns each article's sections in order.
+    """
+    rows = [(a, i) for a, titles in enumerate(outlines) for i in range(len(titles))]
+    per_article = [section_requests(spec, titles, store) for spec, titles in zip(specs, outlines)]
+    completions = generate_with_prefill(backend, [per_article[a][i] for a, i in rows])
+    results = {(a, i): _result(specs[a], outlines[a], i, c, attempts=1) for (a, i), c in zip(rows, completions)}
+    short = [(a, i) for a, i in rows if results[a, i]["words"] < MIN_SECTION_WORDS]
     if short:
         log.warning("%d section(s) came out empty or too short; generating them again", len(short))
-        retry = section_requests(spec, titles, store, seed_offset=RETRY_SEED_OFFSET)
-        again = generate_with_prefill(backend, [retry[i] for i in short])
-        for i, c in zip(short, again):
-            second = _result(spec, titles, i, c, attempts=2)
-            second["prompt_tokens"] += results[i]["prompt_tokens"]
-            second["completion_tokens"] += results[i]["completion_tokens"]
-            second["seconds"] += results[i]["seconds"]
-            if second["words"] >= results[i]["words"]:
-                results[i] = second
-        for i in short:
-            if results[i]["words"] < MIN_SECTION_WORDS:
-                log.warning("Section %d %r is still empty after a retry: the article has a gap there "
-                            "(try another --seed, or a larger model)", i + 1, titles[i])
-    return results
+        retry = {a: section_requests(specs[a], outlines[a], store, seed_offset=RETRY_SEED_OFFSET) for a, _ in short}
+        again = generate_with_prefill(backend, [retry[a][i] for a, i in short])
+        for (a, i), c in zip(short, again):
+            first, second = results[a, i], _result(specs[a], outlines[a], i, c, attempts=2)
+            for key in ("prompt_tokens", "completion_tokens", "seconds"):
+                second[key] += first[key]
+            if second["words"] >= first["words"]:
+                results[a, i] = second
+        for a, i in short:
+            if results[a, i]["words"] < MIN_SECTION_WORDS:
+                log.warning("%s: section %d %r is still empty after a retry: the article has a gap there "
+                            "(try another --seed, or a larger model)", specs[a].topic, i + 1, outlines[a][i])
+    return [[results[a, i] for i in range(len(titles))] for a, titles in enumerate(outlines)]
 
 
 def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, attempts: int) -> dict:

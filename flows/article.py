@@ -1,15 +1,20 @@
-"""The article flow: outline -> sections -> assembly -> files, each a Prefect task around an aigc step."""
+"""The article flow: outline -> sections -> one task per article (assembly, evaluation, files), each a Prefect task around an aigc step.
+
+:func:`write_group` runs the batch-first steps of :mod:`aigc.pipeline` for one or many articles that
+share a backend; the article flow calls it for one article and the batch flow for each group of items.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from aigc import pipeline
+from aigc.errors import AigcError
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 from aigc.version import steps_version
@@ -23,44 +28,67 @@ def _store(templates_dir: str | None) -> TemplateStore:
 
 
 @task(name="outline", cache_policy=CACHE_POLICY, persist_result=True, **RETRIES)
-def outline_task(spec: dict, templates_dir: str | None, template_sha: str, version: str) -> dict:
-    """Generate (or validate the given) outline. Cached on the spec and the outline template's content."""
-    s = ArticleSpec(**spec)
-    return pipeline.make_outline(s, _store(templates_dir), pipeline.backend_for(s))
+def outline_task(specs: list[dict], templates_dir: str | None, template_shas: list[str], version: str) -> list[dict]:
+    """Outlines of every article, generated in shared backend calls. Cached on the specs and the outline templates' content."""
+    s = [ArticleSpec(**d) for d in specs]
+    return pipeline.make_outlines(s, _store(templates_dir), pipeline.backend_for(s[0]))
 
 
 @task(name="sections", cache_policy=CACHE_POLICY, persist_result=True, **RETRIES)
-def sections_task(spec: dict, titles: list[str], templates_dir: str | None, template_sha: str, version: str) -> list[dict]:
-    """Expand every section in one batch. Cached on the spec, the outline and the section template's content."""
-    s = ArticleSpec(**spec)
-    return pipeline.make_sections(s, titles, _store(templates_dir), pipeline.backend_for(s))
+def sections_task(specs: list[dict], outlines: list[dict], templates_dir: str | None, template_shas: list[str],
+                  version: str) -> list[dict]:
+    """Every section of every article in one batch. Cached on the specs, outlines and the section templates' content."""
+    s = [ArticleSpec(**d) for d in specs]
+    return pipeline.make_sections(s, outlines, _store(templates_dir), pipeline.backend_for(s[0]))
 
 
-@task(name="assemble")
-def assemble_task(spec: dict, outline: dict, sections: list[dict], templates_dir: str | None) -> dict:
-    """Markdown, HTML and JSON record from the outline and sections."""
+@task(name="article")
+def article_task(spec: dict, outline: dict, sections: dict, templates_dir: str | None, outputs_dir: str | None,
+                 overwrite: bool, evaluate: bool, batch_size: int) -> dict:
+    """One article's assembly, evaluation and files (atomic, never silently overwriting another article)."""
     s = ArticleSpec(**spec)
-    timings = {
-        "outline": outline.get("seconds", 0.0),
-        "sections": max((x["seconds"] for x in sections), default=0.0),
-    }
-    return pipeline.assemble_article(
-        s, outline, sections, _store(templates_dir),
-        backend_info=pipeline.backend_for(s).describe(), timings=timings,
+    result = pipeline.finish_article(
+        s, outline, sections, _store(templates_dir), backend_info=pipeline.backend_for(s).describe(),
+        root=Path(outputs_dir) if outputs_dir else None, overwrite=overwrite, evaluate=evaluate, batch_size=batch_size,
     )
+    written = {"folder": str(result.folder), "status": result.status,
+               "files": {k: str(v) for k, v in result.files.items()}}
+    _artifact(s, written, result.record)
+    return {**written, "topic": s.topic, "words": result.record["body_words"],
+            "evaluation": result.record.get("evaluation")}
 
 
-@task(name="evaluate")
-def evaluate_task(article: dict) -> dict:
-    """Cheap metrics of the finished text (length score, outline coverage, repetition) into its record."""
-    return pipeline.evaluate_article_files(article)
+def write_group(specs: Sequence[ArticleSpec], *, templates_dir: str | None = None, outputs_dir: str | None = None,
+                overwrite: bool = False, evaluate: bool = True, names: Sequence[str] | None = None,
+                logger: Any = None) -> tuple[list[dict | BaseException], dict[str, str]]:
+    """Write articles that share a backend: one outline task and one sections task for all, then a task each.
 
-
-@task(name="write-files")
-def write_task(article: dict, outputs_dir: str | None, overwrite: bool) -> dict:
-    """Write the three files atomically; never silently overwrite another article."""
-    result = pipeline.save_article(article, Path(outputs_dir) if outputs_dir else None, overwrite=overwrite)
-    return {"folder": str(result.folder), "status": result.status, "files": {k: str(v) for k, v in result.files.items()}}
+    Returns each article's summary or the exception that stopped it alone, and the state name of the
+    shared steps ("Completed", "Cached"). A backend failure that outlasts the retries fails every
+    article of the group.
+    """
+    store = _store(templates_dir)
+    data = [s.model_dump(mode="json") for s in specs]
+    infos = [pipeline.template_info(s, store) for s in specs]
+    steps: dict[str, str] = {}
+    try:
+        state = outline_task(data, templates_dir, [i["outline"]["sha256"] for i in infos], steps_version(),
+                             return_state=True)
+        outlines, steps["outline"] = state.result(), state.name
+        if logger:
+            logger.info("Sections: %d articles, %d sections in one batch", len(specs),
+                        sum(len(o.get("titles", ())) for o in outlines))
+        state = sections_task(data, outlines, templates_dir, [i["section"]["sha256"] for i in infos], steps_version(),
+                              return_state=True)
+        sections, steps["sections"] = state.result(), state.name
+    except AigcError as err:
+        return [err] * len(specs), steps
+    names = list(names) if names else [f"article-{i + 1}" for i in range(len(specs))]
+    futures = [
+        article_task.with_options(name=name).submit(d, o, s, templates_dir, outputs_dir, overwrite, evaluate, len(specs))
+        for name, d, o, s in zip(names, data, outlines, sections)
+    ]
+    return [f.result(raise_on_failure=False) for f in futures], steps
 
 
 def build_spec(**params: Any) -> ArticleSpec:
@@ -104,35 +132,20 @@ def article_flow(
         topic=topic, style=style, sections=sections, words=words, seed=seed, backend=backend, model=model,
         base_url=base_url, outline=outline, temperature=temperature, top_p=top_p, backend_options=backend_options,
     )
-    store = _store(templates_dir)
-    store.check_style(spec.style)
-    hashes = {step: info["sha256"] for step, info in pipeline.template_info(spec, store).items()}
-    data = spec.model_dump(mode="json")
+    _store(templates_dir).check_style(spec.style)
     logger.info("Outline: %s, %d sections, style %s, backend %s", spec.topic, spec.sections, spec.style, spec.backend)
-    steps = {}
-    backend = pipeline.backend_for(spec)
-    with backend.article():  # articles of a batch written side by side share calls, kept in step
-        state = outline_task(data, templates_dir, hashes["outline"], steps_version(), return_state=True)
-        outline_result, steps["outline"] = state.result(), state.name
-        titles = outline_result["titles"]
-        backend.article_step("sections")
-        logger.info("Sections: expanding %d sections in one batch: %s", len(titles), " | ".join(titles))
-        state = sections_task(data, titles, templates_dir, hashes["section"], steps_version(), return_state=True)
-        section_results, steps["sections"] = state.result(), state.name
-    logger.info("Assembly: %d words", sum(s["words"] for s in section_results))
-    article = assemble_task(data, outline_result, section_results, templates_dir)
-    if evaluate:
-        article = evaluate_task(article)
-        ev = article["record"]["evaluation"]
+    (result,), steps = write_group([spec], templates_dir=templates_dir, outputs_dir=outputs_dir, overwrite=overwrite,
+                                   evaluate=evaluate, names=["article"], logger=logger)
+    if isinstance(result, BaseException):
+        raise result
+    ev = result.get("evaluation") or {}
+    if ev:
         logger.info("Evaluation: %s", ", ".join(
             f"{k} {v:.3g}" for k, v in ev.items()
             if k in ("length_score", "coverage", "distinct_2", "repeated_4gram_within") and v is not None))
-    written = write_task(article, outputs_dir, overwrite)
-    logger.info("Outputs: %s (%s) in %.1f s; steps: %s", written["folder"], written["status"],
+    logger.info("Outputs: %s (%s) in %.1f s; steps: %s", result["folder"], result["status"],
                 time.perf_counter() - started, ", ".join(f"{k} {v}" for k, v in steps.items()))
-    _artifact(spec, written, article["record"])
-    return {**written, "topic": spec.topic, "words": article["record"]["body_words"], "steps": steps,
-            "evaluation": article["record"].get("evaluation")}
+    return {**result, "steps": steps}
 
 
 def _artifact(spec: ArticleSpec, written: dict, record: dict) -> None:

@@ -1,4 +1,4 @@
-"""The batch flow: one article subflow per batch item, bounded per backend, then an index of what happened."""
+"""The batch flow: items grouped by backend into waves written together (shared outline and section calls), then an index."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -18,24 +16,10 @@ from aigc import batch as batches
 from aigc.errors import AigcError
 from aigc.outputs import slugify
 from aigc.paths import outputs_dir as default_outputs_dir
-from flows.article import article_flow
+from flows.article import write_group
 
-#: Threads of the batch's task runner; each backend's own bound (lanes below) is usually lower.
+#: Threads of the batch's task runner: the per-article tasks (assembly, evaluation, files) of a group run side by side.
 MAX_WORKERS = 16
-
-
-@task(name="article-item", cache_policy=NO_CACHE)
-def article_item_task(params: dict[str, Any]) -> dict[str, Any]:
-    """Write one item's article through the article flow (its steps are cached across runs)."""
-    return article_flow(**params)
-
-
-def item_params(item: batches.BatchItem, folder: Path, templates_dir: str | None) -> dict[str, Any]:
-    """The article flow's parameters for a batch item."""
-    s = item.spec
-    return dict(topic=s.topic, style=s.style, sections=s.sections, words=s.words, seed=s.seed, backend=s.backend,
-                outline=list(s.outline) if s.outline else None, temperature=s.temperature, top_p=s.top_p,
-                outputs_dir=str(folder), templates_dir=templates_dir, backend_options=dict(s.backend_options))
 
 
 def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | None = None,
@@ -48,17 +32,6 @@ def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | Non
         "error": " ".join(str(error).split())[:300] if error else None,
         "evaluation": record.get("evaluation") or {},
     }
-
-
-def _lane_limit(plan: batches.Plan, concurrency: int | None) -> int:
-    """Articles at once in a plan's lane: --concurrency or the backend's own bound.
-
-    For a backend that merges the articles' calls (a local model), the bound is a ceiling: as many
-    articles as fill one call with their sections; more would only queue behind it.
-    """
-    if plan.ceiling:
-        return max(1, min(concurrency or plan.limit, plan.limit))
-    return 1 if plan.limit <= 1 else (concurrency or plan.limit)
 
 
 @flow(name="aigc-batch", log_prints=True, validate_parameters=True,
@@ -106,33 +79,36 @@ def batch_flow(
     return summary
 
 
+def _waves(queue: list[batches.Plan], concurrency: int | None) -> list[list[batches.Plan]]:
+    """Groups of items written together: same backend, at most ``concurrency`` or the backend's own bound each."""
+    lanes: dict[Any, list[batches.Plan]] = {}
+    for plan in queue:
+        lanes.setdefault(plan.lane, []).append(plan)
+    waves = []
+    for plans in lanes.values():
+        size = max(1, concurrency or min(p.limit for p in plans))
+        waves += [plans[k : k + size] for k in range(0, len(plans), size)]
+    return waves
+
+
 def _run_queue(queue: list[batches.Plan], rows: dict[int, dict], folder: Path, templates_dir: str | None,
                concurrency: int | None, logger: Any) -> None:
-    """Submit items lane by lane (one lane per backend) without exceeding each lane's bound; never stop on a failure."""
-    running: dict[Any, tuple[batches.Plan, float, Any]] = {}
-    in_lane: dict[str, int] = {}
-    while queue or running:
-        for plan in list(queue):
-            if in_lane.get(plan.lane, 0) < _lane_limit(plan, concurrency):
-                queue.remove(plan)
-                in_lane[plan.lane] = in_lane.get(plan.lane, 0) + 1
-                logger.info("Item %d: %s (%s)", plan.item.index, plan.item.spec.topic, plan.lane)
-                coming = plan.backend.article_coming() if plan.backend is not None else None  # its peers wait for it
-                future = article_item_task.with_options(name=f"item-{plan.item.index}").submit(
-                    item_params(plan.item, folder, templates_dir))
-                running[future] = (plan, time.perf_counter(), coming)
-        future = next(as_completed(list(running)))
-        plan, t0, coming = running.pop(future)
-        if coming is not None:
-            coming.cancel()
-        in_lane[plan.lane] -= 1
-        item, seconds = plan.item, time.perf_counter() - t0
-        result = future.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            logger.error("Item %d (%s) failed: %s", item.index, item.spec.topic, result)
-            rows[item.index] = _row(item, "failed", seconds, error=str(result) or type(result).__name__)
-        else:
-            rows[item.index] = _row(item, result["status"], seconds, result["folder"])
+    """Write the items wave by wave: each wave's outlines share a backend call, then its sections; never stop on a failure."""
+    waves = _waves(queue, concurrency)
+    for number, wave in enumerate(waves, 1):
+        logger.info("Wave %d/%d: items %s (%s)", number, len(waves), ", ".join(str(p.item.index) for p in wave),
+                    wave[0].item.spec.backend)
+        t0 = time.perf_counter()
+        results, _ = write_group([p.item.spec for p in wave], templates_dir=templates_dir, outputs_dir=str(folder),
+                                 names=[f"item-{p.item.index}" for p in wave], logger=logger)
+        seconds = time.perf_counter() - t0
+        for plan, result in zip(wave, results):
+            item = plan.item
+            if isinstance(result, BaseException):
+                logger.error("Item %d (%s) failed: %s", item.index, item.spec.topic, result)
+                rows[item.index] = _row(item, "failed", seconds, error=str(result) or type(result).__name__)
+            else:
+                rows[item.index] = _row(item, result["status"], seconds, result["folder"])
 
 
 def _finish(batch: batches.Batch, folder: Path, rows: list[dict], seconds: float, templates_dir: str | None) -> dict:

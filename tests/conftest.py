@@ -7,7 +7,7 @@ import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 # Before anything imports Prefect: a private Prefect home and result store for this test session,
 # unless CI points the tests at a running server (PREFECT_API_URL).
@@ -21,60 +21,62 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest  # noqa: E402
 
-from aigc.backends import register_backend  # noqa: E402
+from aigc.backends import register_backend, unregister_backend  # noqa: E402
 from aigc.backends.base import Backend, Completion, GenerationRequest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def default_reply(request: GenerationRequest) -> str:
-    """An outline when asked for one (prefill '1.'), else a few sentences naming the section."""
-    if request.prefill.startswith("1."):
-        n = 5
-        text = request.messages[-2].content if request.messages else ""
-        words = text.split()
-        for before, word in zip(words, words[1:]):  # "exactly N": a topic may hold digits too ("Flow test 60025261")
-            if before == "exactly" and word.isdigit():
-                n = int(word)
-                break
-        return "".join(f" Part {chr(65 + i)} of the story\n{i + 2}." for i in range(n))[: -len(f"\n{n + 1}.")]
-    user = request.messages[-1].content if request.messages else request.prompt
-    title = user.split('Write section', 1)[-1].split('"')[1] if "Write section" in user else "the topic"
-    return (
-        f"This part explains {title.lower()} in plain words. It gives the reader one clear example. "
-        f"It ends with a short summary of what matters most about {title.lower()}."
-    )
+#: Outline titles the fake writes when no reply is queued (as many as any test asks for).
+FAKE_TITLES = [f"Part {chr(65 + i)} of the story" for i in range(20)]
+
+
+def default_reply(request: GenerationRequest, number: int) -> str:
+    """What the fake writes when no reply is queued, chosen by the request's purpose (never by its prompt text).
+
+    An outline is a numbered list of :data:`FAKE_TITLES`; anything else is a few sentences that name
+    the reply's number, so a test can tell replies apart.
+    """
+    if request.purpose == "outline":
+        text = "\n".join(f"{i}. {t}" for i, t in enumerate(FAKE_TITLES, 1))
+        return text.removeprefix(request.prefill)
+    return (f"This is reply {number} of the fake model, in plain words. It gives the reader one clear example "
+            f"of the matter. It ends with a short summary of what matters most.")
 
 
 class FakeBackend(Backend):
-    """Canned replies (a queue, then a function), and a history of every batch it was asked."""
+    """A backend for tests in the manner of llm's mock model: queued replies, a record of every call.
+
+    ``enqueue(*texts)`` queues replies, used in request order; with the queue empty it answers with
+    :func:`default_reply`, or raises ``fail`` when set. ``calls`` holds each batch of requests it was asked.
+    """
 
     name: ClassVar[str] = "fake"
     supports_prefill: ClassVar[bool] = True
-    instances: ClassVar[list["FakeBackend"]] = []
 
-    def __init__(self, model: str = "fake-model", replies: Sequence[str] = (),
-                 reply: Callable[[GenerationRequest], str] = default_reply, fail: Exception | None = None):
+    def __init__(self, model: str = "fake-model", fail: Exception | None = None):
         self._model = model
-        self.replies = deque(replies)
-        self.reply = reply
+        self.queue: deque[str] = deque()
         self.fail = fail
         self.calls: list[list[GenerationRequest]] = []
         self._lock = threading.Lock()
-        FakeBackend.instances.append(self)
+
+    def enqueue(self, *texts: str) -> "FakeBackend":
+        self.queue.extend(texts)
+        return self
 
     @property
     def model_id(self) -> str:
         return self._model
 
-    def generate(self, requests):
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         with self._lock:
             self.calls.append(list(requests))
             if self.fail is not None:
                 raise self.fail
             out = []
             for r in requests:
-                text = self.replies.popleft() if self.replies else self.reply(r)
+                text = self.queue.popleft() if self.queue else default_reply(r, len(self.requests))
                 out.append(Completion(text=text, prompt_tokens=10, completion_tokens=len(text.split()),
                                       finish_reason="stop", seconds=0.01))
             return out
@@ -86,15 +88,11 @@ class FakeBackend(Backend):
 
 @pytest.fixture
 def fake_backend():
-    """A fresh FakeBackend, also what `get_backend("fake")` returns during the test."""
-    from aigc import backends
-
+    """A fresh FakeBackend, registered as "fake" for the test (``get_backend("fake")`` returns it), then unregistered."""
     backend = FakeBackend()
     register_backend("fake", lambda **options: backend)
     yield backend
-    backends._REGISTRY.pop("fake", None)
-    for key in [k for k in backends._INSTANCES if k[0] == "fake"]:
-        backends._INSTANCES.pop(key)
+    unregister_backend("fake")
 
 
 @pytest.fixture(autouse=True)

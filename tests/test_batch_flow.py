@@ -6,7 +6,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -29,24 +28,13 @@ SECTION_TEXT = ("This section explains the matter plainly, with a concrete examp
 
 
 class FakeBackend(Backend):
-    """Canned outlines and sections; counts calls per topic; can require a number of articles at once."""
+    """Canned outlines and sections; counts requests per topic and records each call's (purpose, topics)."""
 
     name = "fake"
     supports_prefill = False
     max_concurrent_articles = 2
     calls: Counter = Counter()
-    barrier: threading.Barrier | None = None
-    announced: list = []  # what the batch flow said of each article it started (see Backend.article_coming)
-
-    def article_coming(self):
-        class Coming:
-            cancelled = False
-
-            def cancel(self):
-                self.cancelled = True
-
-        type(self).announced.append(Coming())
-        return type(self).announced[-1]
+    batches: list = []
 
     def __init__(self, **options):
         self.options = options
@@ -56,17 +44,17 @@ class FakeBackend(Backend):
         return "fake-model"
 
     def generate(self, requests):
-        out = []
+        out, topics = [], []
         for r in requests:
             prompt = r.messages[-1].content if r.messages else r.prompt
-            topic = next((t for t in TOPICS if t in prompt), "?")
+            topic = next((t for t in TOPICS if t in prompt), "?")  # to count requests per article, not to reply
             type(self).calls[topic] += 1
-            if r.stop:  # the outline request
-                if self.barrier is not None:
-                    self.barrier.wait()  # fails (BrokenBarrierError) unless two articles run at the same time
+            topics.append(topic)
+            if r.purpose == "outline":
                 out.append(Completion(text="1. Background\n2. What changes\n3. What to do", completion_tokens=9))
             else:
                 out.append(Completion(text=SECTION_TEXT, completion_tokens=30))
+        type(self).batches.append((requests[0].purpose, sorted(set(topics))))
         return out
 
 
@@ -113,14 +101,12 @@ def batch_run(tmp_path_factory):
     register_backend("fake", FakeBackend)
     register_backend("flaky", BrokenBackend)
     FakeBackend.calls.clear()
-    FakeBackend.barrier = threading.Barrier(2, timeout=60)
-    FakeBackend.announced.clear()
+    FakeBackend.batches.clear()
     runs = []
     state = batch_flow(batch_file=str(root / "b.yaml"), outputs_dir=str(outputs), return_state=True)
     runs.append((state, state.result(raise_on_failure=False), Counter(FakeBackend.calls),
                  (outputs / "test-batch" / "index.md").read_text(), (outputs / "test-batch" / "index.html").read_text(),
-                 [c.cancelled for c in FakeBackend.announced]))
-    FakeBackend.barrier = None
+                 list(FakeBackend.batches)))
     register_backend("flaky", FixedBackend)  # the outage is over; same backend name, same model: same inputs
     half = outputs / "test-batch" / ".tmp-library-cards-killed"  # what a run killed while writing leaves
     half.mkdir()
@@ -135,14 +121,16 @@ def batch_run(tmp_path_factory):
 
 def test_one_failure_does_not_stop_the_others(batch_run):
     folder, runs = batch_run
-    state, summary, calls, index, html, announced = runs[0]
+    state, summary, calls, index, html, batches = runs[0]
     assert state.is_failed() and "1 of 3 items failed" in state.message
-    assert announced == [True, True, True], "each item's article was announced to its backend, and let go when done"
+    # the two fake articles were written together: one call for both outlines, then one for all six sections
+    assert batches == [("outline", ["Snow plow routes", "Urban heat islands"]),
+                       ("section", ["Snow plow routes", "Urban heat islands"])]
     assert summary["counts"] == {"written": 2, "failed": 1}
     statuses = [(r["topic"], r["status"]) for r in summary["items"]]
     assert statuses == [("Urban heat islands", "written"), ("Snow plow routes", "written"), ("Library cards", "failed")]
     assert "injected fault" in summary["items"][2]["error"]
-    # both fake articles ran at once (the barrier), and the broken item was not retried
+    # the broken item was not retried
     assert calls["Urban heat islands"] == 4 and calls["Snow plow routes"] == 4 and calls["broken"] == 1
     assert "| 3 | Library cards | article | **failed** |" in index and "injected fault" in index
     assert "[urban-heat-islands](urban-heat-islands/article.md)" in index
@@ -174,14 +162,18 @@ def test_third_run_does_nothing_and_the_index_lists_every_article(batch_run):
                                                                       "urban-heat-islands"]
 
 
-def test_lane_limit_apis_follow_concurrency_local_models_fill_one_call_at_most():
+def test_waves_group_items_by_backend_and_bound_their_size():
     from aigc import batch as batches
-    from flows.batch import _lane_limit
+    from flows.batch import _waves
 
-    def plan(limit: int):
-        return batches.Plan(item=None, key="", lane="x", limit=limit, done=None)
+    class Item:
+        def __init__(self, index):
+            self.index = index
 
-    assert [_lane_limit(plan(4), c) for c in (None, 1, 8)] == [4, 1, 8]  # an API: --concurrency rules
-    assert [_lane_limit(plan(1), c) for c in (None, 8)] == [1, 1]  # a backend that runs one article at a time
-    ceiling = batches.Plan(item=None, key="", lane="local", limit=5, done=None, ceiling=True)
-    assert [_lane_limit(ceiling, c) for c in (None, 2, 8)] == [5, 2, 5]  # a local model: what fills one call, or fewer
+    def plan(index, lane, limit):
+        return batches.Plan(item=Item(index), key="", lane=lane, limit=limit, done=None)
+
+    queue = [plan(1, "local", 3), plan(2, "api", 4), plan(3, "local", 3), plan(4, "local", 3), plan(5, "local", 3)]
+    waves = [[p.item.index for p in wave] for wave in _waves(queue, None)]
+    assert waves == [[1, 3, 4], [5], [2]]  # the local model's bound: as many as fill one call
+    assert [[p.item.index for p in wave] for wave in _waves(queue, 2)] == [[1, 3], [4, 5], [2]]  # --concurrency

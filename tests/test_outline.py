@@ -79,7 +79,7 @@ def test_given_outline_errors_name_the_source():
 
 
 def test_bad_outline_is_retried_with_another_seed_then_succeeds(fake_backend):
-    fake_backend.replies.extend([" I am not sure what you mean.", " Causes\n2. Effects\n3. Remedies"])
+    fake_backend.enqueue(" I am not sure what you mean.", " Causes\n2. Effects\n3. Remedies")
     spec = ArticleSpec(topic="Urban heat islands", sections=3, seed=7, backend="fake")
     result = generate_outline(fake_backend, spec, TemplateStore())
     assert result["titles"] == ["Causes", "Effects", "Remedies"]
@@ -89,7 +89,7 @@ def test_bad_outline_is_retried_with_another_seed_then_succeeds(fake_backend):
 
 
 def test_outline_fails_with_a_clear_error_after_the_attempts(fake_backend):
-    fake_backend.reply = lambda r: " Nothing useful here at all, just one long rambling sentence of prose."
+    fake_backend.enqueue(*[" Nothing useful here at all, just one long rambling sentence of prose."] * 3)
     spec = ArticleSpec(topic="Urban heat islands", sections=3, backend="fake")
     with pytest.raises(OutlineError, match="no usable outline after 3 attempts.*--outline"):
         generate_outline(fake_backend, spec, TemplateStore())

@@ -1,11 +1,14 @@
-"""The plain-function pipeline with a fake backend: one batch for all sections, the three files, the record."""
+"""The plain-function pipeline with a fake backend: batch-first steps, the three files, the record."""
 
 import json
 
 import pytest
 
-from aigc.pipeline import write_article
+from aigc.errors import OutlineError
+from aigc.pipeline import write_article, write_articles
 from aigc.spec import ArticleSpec
+
+SECTION = "Fine text for {}. It has enough words to count as a body here, and one more sentence to be sure."
 
 
 @pytest.fixture
@@ -14,20 +17,20 @@ def spec():
 
 
 def test_article_from_topic_to_three_files(fake_backend, spec, tmp_path):
+    fake_backend.enqueue(" Causes\n2. Effects\n3. Remedies", *(SECTION.format(t) for t in ("causes", "effects", "remedies")))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     assert result.status == "written"
     assert sorted(p.name for p in result.folder.iterdir()) == ["article.html", "article.json", "article.md"]
     md = (result.folder / "article.md").read_text()
     assert md.startswith("# Urban heat islands\n")
-    for title in ("Part A of the story", "Part B of the story", "Part C of the story"):
-        assert f"## {title}" in md
-    assert "This part explains part b of the story" in md
+    assert md.index("## Causes") < md.index("Fine text for causes.") < md.index("## Effects") < md.index("## Remedies")
+    assert "Fine text for remedies." in md
 
 
 def test_sections_are_expanded_in_one_batch(fake_backend, spec, tmp_path):
     write_article(spec, backend=fake_backend, root=tmp_path / "out")
     outline_call, sections_call = fake_backend.calls
-    assert len(outline_call) == 1 and len(sections_call) == 3
+    assert [r.purpose for r in outline_call] == ["outline"] and [r.purpose for r in sections_call] == ["section"] * 3
     prompts = [r.messages[-1].content for r in sections_call]
     for i, prompt in enumerate(prompts, 1):
         assert "Urban heat islands" in prompt
@@ -38,9 +41,33 @@ def test_sections_are_expanded_in_one_batch(fake_backend, spec, tmp_path):
     assert {r.seed for r in sections_call} == {5}
 
 
+def test_articles_of_a_batch_share_one_outline_call_and_one_sections_call(fake_backend, tmp_path):
+    specs = [ArticleSpec(topic=t, sections=n, words=120, backend="fake") for t, n in (("Tides", 2), ("Snow", 3), ("Ice", 4))]
+    results = write_articles(specs, backend=fake_backend, root=tmp_path / "out")
+    assert [r.status for r in results] == ["written"] * 3
+    outline_call, sections_call = fake_backend.calls
+    assert len(outline_call) == 3 and len(sections_call) == 2 + 3 + 4
+    assert [r.messages[-1].content.count('"') >= 2 for r in sections_call] == [True] * 9
+    assert [json.loads((r.folder / "article.json").read_text())["articles_together"] for r in results] == [3, 3, 3]
+    # the shared steps' wall times are recorded as they were, the same for all three
+    timings = [r.record["timings"] for r in results]
+    assert len({(t["outline"], t["sections"]) for t in timings}) == 1
+
+
+def test_one_unusable_outline_does_not_stop_the_other_articles(fake_backend, tmp_path):
+    specs = [ArticleSpec(topic="Tides", sections=2, words=100, backend="fake"),
+             ArticleSpec(topic="Snow", sections=2, words=100, backend="fake")]
+    junk = " I cannot help with that, but here is a long sentence instead of any list."
+    fake_backend.enqueue(" Why tides happen\n2. Spring tides", junk, junk, junk)  # Snow: 3 unusable attempts
+    tides, snow = write_articles(specs, backend=fake_backend, root=tmp_path / "out")
+    assert tides.status == "written" and isinstance(snow, OutlineError)
+    assert "no usable outline after 3 attempts" in str(snow)
+    assert [len(c) for c in fake_backend.calls] == [2, 1, 1, 2]  # both outlines, then Snow alone twice, then Tides' sections
+    assert not (tmp_path / "out" / "snow").exists()
+
+
 def test_empty_section_is_generated_again(fake_backend, spec, tmp_path):
-    fake_backend.replies.extend([" One\n2. Two\n3. Three", "Fine text for one. It has enough words to count as a body here.",
-                                 "## Two", "Fine text for three. It has enough words to count as a body here."])
+    fake_backend.enqueue(" One\n2. Two\n3. Three", SECTION.format("one"), "## Two", SECTION.format("three"))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     assert len(fake_backend.calls) == 3 and len(fake_backend.calls[2]) == 1
     assert fake_backend.calls[2][0].seed == 5 + 1000
@@ -61,13 +88,14 @@ def test_record_says_how_it_was_made(fake_backend, spec, tmp_path, monkeypatch):
     assert all(len(t["sha256"]) == 16 for t in record["templates"].values())
     assert [s["title"] for s in record["sections"]] == record["outline"]["titles"]
     assert all(s["words"] > 0 and s["completion_tokens"] > 0 for s in record["sections"])
-    assert set(record["timings"]) >= {"outline", "sections", "assembly", "total"}
+    assert set(record["timings"]) == {"outline", "sections", "assembly", "total"}
+    assert record["timings"]["total"] == pytest.approx(sum(v for k, v in record["timings"].items() if k != "total"), abs=0.002)
     assert record["aigc_version"]
 
 
 def test_html_is_standalone_and_escapes_model_html(fake_backend, spec, tmp_path):
-    fake_backend.replies.extend([" One\n2. Two\n3. Three"] + ["Text with <script>alert(1)</script> inside it, said the model. "
-                                                                      "Then it wrote a second, longer sentence about heat."] * 3)
+    fake_backend.enqueue(" One\n2. Two\n3. Three", *["Text with <script>alert(1)</script> inside it, said the model. "
+                                                       "Then it wrote a second, longer sentence about heat."] * 3)
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     html = (result.folder / "article.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<title>Urban heat islands</title>" in html

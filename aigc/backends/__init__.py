@@ -18,6 +18,7 @@ __all__ = [
     "available_backends",
     "get_backend",
     "register_backend",
+    "unregister_backend",
     "create_backend",
 ]
 
@@ -33,6 +34,13 @@ _LOCK = threading.Lock()
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     """Register a backend class (or factory) under ``name``; later registrations win."""
     _REGISTRY[name] = factory
+    for key in [k for k in _INSTANCES if k[0] == name]:
+        _INSTANCES.pop(key)
+
+
+def unregister_backend(name: str) -> None:
+    """Forget a backend registered with :func:`register_backend` (and its shared instances); built-ins stay."""
+    _REGISTRY.pop(name, None)
     for key in [k for k in _INSTANCES if k[0] == name]:
         _INSTANCES.pop(key)
 
