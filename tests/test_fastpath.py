@@ -1,4 +1,4 @@
-"""Tests of the local backend's CPU fast path: oneDNN pre-packed linear layers and top-k/top-p sampling."""
+"""Tests of the local backend's CPU fast path: each part gives transformers' logits and greedy text, and the version gate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from aigc.backends.local import fastpath  # noqa: E402
+from aigc.backends.local.fastpath import fused as fused_step, kernels  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not fastpath.mkldnn_linear_available(), reason="this torch build has no oneDNN linear ops")
 KINDS = [pytest.param(kind, marks=pytest.mark.skipif(not fastpath.packed_kernels_available(kind),
@@ -54,7 +55,7 @@ def test_half_linear_stores_float16_weights_and_float32_bias():
     linear = torch.nn.Linear(16, 24)
     linear.bias.data += 1e-4  # a bias that float16 would round
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
-    half = fastpath._packed_linear_class(fastpath.FBGEMM_FP16)(linear)
+    half = kernels._packed_linear_class(fastpath.FBGEMM_FP16)(linear)
     stored_weight, stored_bias = torch.ops.quantized.linear_unpack_fp16(half.packed_weight)
     assert torch.equal(stored_weight, weight.half().float()) and not torch.equal(stored_weight, weight)
     assert torch.equal(stored_bias, bias)
@@ -159,6 +160,14 @@ def _save_tiny(folder, arch: str = "llama", positions: int = 64, fp16_exact: boo
     return folder
 
 
+def _backend(folder, fast=None, **options):
+    """A CPU float32 local backend on ``folder``; ``fast``: FastPath switches (the benchmark's way, not user options)."""
+    from aigc.backends.local import FastPath, LocalBackend, LocalOptions
+
+    options = {"device": "cpu", "dtype": "float32", "threads": 1, **options}
+    return LocalBackend(LocalOptions(model=str(folder), **options), fastpath=FastPath(**(fast or {})))
+
+
 def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
     """A tiny Llama saved as a user would (weights that float16 holds exactly): every kind of kernel, the same greedy tokens."""
     from aigc.backends.base import GenerationRequest
@@ -169,8 +178,7 @@ def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
     runs = {}
     for prepack, fp16, want in ((True, True, fastpath.FBGEMM_FP16), (True, False, fastpath.ONEDNN_PACKED),
                                 (False, True, "default")):
-        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
-                                            prepack=prepack, fp16_weights=fp16, repetition_penalty=1.0)
+        backend = _backend(folder, {"prepack": prepack, "fp16_weights": fp16}, repetition_penalty=1.0)
         runs[want] = [c.text for c in backend.generate(requests)]
         kernels = backend.describe()["kernels"]
         assert kernels == (want if want == "default" or fastpath.packed_kernels_available(want) else "default")
@@ -187,7 +195,7 @@ def test_float16_kernels_fall_back_to_onednn_where_fbgemm_is_missing(tmp_path, m
 
     if not fastpath.mkldnn_linear_available():
         pytest.skip("this torch build has no oneDNN linear ops")
-    monkeypatch.setattr(fastpath, "fbgemm_fp16_available", lambda: False)
+    monkeypatch.setattr(kernels, "fbgemm_fp16_available", lambda: False)
     backend = LocalBackend.from_options(model=str(_save_tiny(tmp_path / "m")), device="cpu", dtype="float32", threads=1)
     assert backend.describe()["kernels"] == fastpath.FBGEMM_FP16  # asked for, before loading
     with caplog.at_level(logging.INFO, logger="aigc.backends.local"):
@@ -197,7 +205,7 @@ def test_float16_kernels_fall_back_to_onednn_where_fbgemm_is_missing(tmp_path, m
     assert "packing float32 weights for oneDNN" in caplog.text
 
 
-# -- shared prompt prefixes, the reserved KV cache, decode attention -----------------------------------
+# -- shared prompt prefixes, the reserved KV cache, attention of one new token -----------------------------------
 
 def test_prefix_groups_group_rows_that_begin_alike_and_leave_each_row_a_token():
     shared = list(range(10, 70))
@@ -236,9 +244,8 @@ def test_shared_prefix_and_reserved_cache_give_the_same_tokens(tmp_path, arch, c
     requests = [GenerationRequest(prompt=p, max_new_tokens=10, temperature=0.0) for p in prompts]
     runs = {}
     for fast in (True, False):
-        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
-                                            share_prefix=fast, reserve_cache=fast, repetition_penalty=1.0,
-                                            max_batch_size=4)
+        backend = _backend(folder, {"share_prefix": fast, "reserve_cache": fast}, repetition_penalty=1.0,
+                           max_batch_size=4)
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="aigc.backends.local"):
             runs[fast] = [(c.text, c.completion_tokens, c.prompt_tokens) for c in backend.generate(requests)]
@@ -250,12 +257,13 @@ def test_shared_prefix_and_reserved_cache_give_the_same_tokens(tmp_path, arch, c
 def test_growing_layer_holds_what_dynamic_layer_holds():
     from transformers.cache_utils import DynamicLayer
 
-    grow, plain = fastpath._growing_layer_class()(capacity=6), DynamicLayer()
+    grow, plain = fastpath.cache.growing_layer_class()(capacity=6), DynamicLayer()
     torch.manual_seed(0)
     steps = [torch.randn(3, 2, n, 4) for n in (4, 1, 1, 1, 2)]  # prefill, decode steps, past the reserved room
     for i, k in enumerate(steps):
         got, want = grow.update(k, -k), plain.update(k, -k)
-        torch.testing.assert_close(got[0], want[0]) and torch.testing.assert_close(got[1], want[1])
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
         if i == 1:  # a reorder replaces the tensors: the layer copies them into new room
             index = torch.tensor([2, 0, 0])
             grow.batch_select_indices(index), plain.batch_select_indices(index)
@@ -267,51 +275,43 @@ def test_growing_layer_holds_what_dynamic_layer_holds():
     assert [type(layer).__name__ for layer in cache.layers] == ["GrowingLayer"] * 3
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
-def test_decode_attention_matches_sdpa(mask_kind):
+def _sdpa(q, k, v, keep, scaling):
+    """transformers' sdpa attention of one query per row (the reference), ``keep``: None or (batch, 1, 1, keys) bool."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    module = SimpleNamespace(num_key_value_groups=q.shape[1] // k.shape[1], is_causal=True, training=False)
+    return sdpa_attention_forward(module, q, k, v, keep, scaling=scaling)[0]  # (batch, 1, heads, dim)
+
+
+def _grouped(q, k, v, keep, scaling):
+    """The fused step's attention on the same inputs, shaped as sdpa's output."""
+    batch, heads, _, dim = q.shape
+    kv_heads = k.shape[1]
+    bias = None if keep is None else fastpath.product_bias(fastpath.blocked_bias(~keep, q.dtype), kv_heads)
+    out = fastpath.grouped_attention((q * scaling).reshape(batch, kv_heads, heads // kv_heads, dim), k, v, bias)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_grouped_attention_matches_sdpa(padded):
     torch.manual_seed(0)
-    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
     q, k, v = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
     keep = torch.ones(4, 1, 1, 11, dtype=torch.bool)
     keep[1, ..., :5] = False  # a left-padded row
-    mask = {"bool": keep, "float": torch.zeros(4, 1, 1, 11).masked_fill(~keep, float("-inf")), "none": None}[mask_kind]
-    got, _ = fastpath.decode_attention(module, q, k, v, mask, scaling=0.3)
-    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    keep = keep if padded else None
+    want, got = _sdpa(q, k, v, keep, 0.3), _grouped(q, k, v, keep, 0.3)
     assert got.shape == want.shape == (4, 1, 6, 8)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    prefill = torch.randn(4, 6, 3, 8)  # several queries: transformers' own sdpa
-    torch.testing.assert_close(fastpath.decode_attention(module, prefill, k, v, None)[0],
-                               sdpa_attention_forward(module, prefill, k, v, None)[0])
 
 
-def test_decode_attention_keeps_a_float32_softmax_for_bfloat16():
-    from types import SimpleNamespace
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+def test_grouped_attention_keeps_a_float32_softmax_for_bfloat16():
     torch.manual_seed(0)
-    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
     q, k, v = (torch.randn(shape).to(torch.bfloat16) for shape in ((3, 4, 1, 8), (3, 2, 40, 8), (3, 2, 40, 8)))
-    got, _ = fastpath.decode_attention(module, q, k, v, None)
-    want, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None)
+    got = _grouped(q, k, v, None, 8**-0.5)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=1e-2)
-
-
-def test_local_backend_switches_attention_on_cpu_only_when_asked(tmp_path):
-    from aigc.backends.local import LocalBackend
-
-    folder = _save_tiny(tmp_path / "m")
-    for wanted, expected in ((True, fastpath.DECODE_ATTENTION), (False, "sdpa")):
-        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
-                                            decode_attention=wanted)
-        assert backend.describe()["attention"] == (expected if wanted else "default")  # before loading: the plan
-        backend.load()
-        assert backend.describe()["attention"] == expected
+    torch.testing.assert_close(got.float(), _sdpa(q.float(), k.float(), v.float(), None, 8**-0.5), rtol=2e-2, atol=1e-2)
 
 
 # -- the fused decode step of Llama-family models -----------------------------------------------------
@@ -348,8 +348,8 @@ def test_fused_decode_step_gives_transformers_logits(monkeypatch, kind, cache_ki
     assert type(layer.self_attn.o_proj).__name__ == type(layer.self_attn.q_proj.fused).__name__ == other_class
     assert type(fused.lm_head).__name__ == other_class
     steps = []
-    real_step = fastpath._decode_step
-    monkeypatch.setattr(fastpath, "_decode_step", lambda model, kwargs: steps.append(1) or real_step(model, kwargs))
+    real_step = fused_step._decode_step
+    monkeypatch.setattr(fused_step, "_decode_step", lambda model, kwargs: steps.append(1) or real_step(model, kwargs))
     ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15], [0, 20, 21, 22, 23, 24, 25]])
     mask = (ids != 0).long()
     caches = [fastpath.growing_cache(m, 16) if cache_kind == "growing" else DynamicCache(config=m.config)
@@ -398,8 +398,7 @@ def test_local_backend_fused_decode_is_the_default_and_keeps_greedy_output(tmp_p
                 for p in (f"{shared} w100 w101", f"{shared} w120", "w200 w201", "w5")]
     runs = {}
     for wanted in (True, False):
-        backend = LocalBackend.from_options(model=str(folder), device="cpu", dtype="float32", threads=1,
-                                            fused_decode=wanted, repetition_penalty=1.0, max_batch_size=4)
+        backend = _backend(folder, {"fused_decode": wanted}, repetition_penalty=1.0, max_batch_size=4)
         expected = fastpath.FUSED_DECODE if wanted else "transformers"
         assert backend.describe()["decode"] == expected  # the plan, before loading
         runs[wanted] = [c.text for c in backend.generate(requests)]
@@ -410,3 +409,67 @@ def test_local_backend_fused_decode_is_the_default_and_keeps_greedy_output(tmp_p
                                      threads=1)
     gpt2.load()
     assert gpt2.describe()["decode"] == "transformers"  # asked for, but GPT-2 is not a Llama
+
+
+# -- one switch for users, and the transformers releases the fast path is tested with ----------------------
+
+def _plain_model(model) -> bool:
+    """Whether a loaded model is transformers' own: no packed linears, no fused decode step."""
+    return "forward" not in vars(model) and not any(type(m).__name__ in ("PackedLinear", "HalfLinear", "SharedOutput")
+                                                    for m in model.modules())
+
+
+def test_fast_false_is_plain_transformers_with_the_same_greedy_text(tmp_path):
+    from aigc.backends.base import GenerationRequest
+    from aigc.backends.local import FastPath, LocalBackend, LocalOptions
+    from aigc.errors import ConfigError
+
+    folder = _save_tiny(tmp_path / "m", positions=128, fp16_exact=True)
+    shared = " ".join(f"w{i}" for i in range(10, 70))
+    requests = [GenerationRequest(prompt=p, max_new_tokens=8, temperature=0.0)
+                for p in (f"{shared} w100 w101", f"{shared} w120", "w200 w201")]
+    options = dict(device="cpu", dtype="float32", threads=1, repetition_penalty=1.0, max_batch_size=4)
+    fast = LocalBackend.from_options(model=str(folder), **options)
+    plain = LocalBackend(LocalOptions(model=str(folder), fast=False, **options), fastpath=FastPath())  # the option wins
+    assert [c.text for c in plain.generate(requests)] == [c.text for c in fast.generate(requests)]
+    info = plain.describe()
+    assert (info["fast"], info["kernels"], info["decode"], info["share_prefix"], info["reserve_cache"]) == (
+        False, "default", "transformers", False, False)
+    assert _plain_model(plain.load()[0])
+    assert fast.describe()["fast"] and not _plain_model(fast.load()[0])
+    with pytest.raises(ConfigError, match="unknown option 'share_prefix'"):
+        LocalBackend.from_options(share_prefix=False)  # the parts are not user options
+
+
+def test_the_fast_path_runs_only_on_the_tested_transformers_releases(tmp_path, monkeypatch, caplog):
+    """Another release: plain generate(), said in one log line however many backends ask."""
+    import logging
+
+    from aigc.backends.base import GenerationRequest
+
+    assert fastpath.TESTED_TRANSFORMERS.contains(transformers.__version__)  # what these tests run on
+    folder = _save_tiny(tmp_path / "m")
+    monkeypatch.setattr(fastpath, "transformers_version", lambda: "5.99.0")
+    monkeypatch.setattr(fastpath, "_GATE_LOGGED", False)
+    with caplog.at_level(logging.INFO, logger="aigc.backends.local"):
+        backend = _backend(folder, repetition_penalty=1.0)
+        assert backend.describe()["fast"] is False and backend.describe()["kernels"] == "default"
+        [completion] = backend.generate([GenerationRequest(prompt="w5 w6", max_new_tokens=3, temperature=0.0)])
+        _backend(folder).describe()
+    assert completion.completion_tokens > 0 and _plain_model(backend.load()[0])
+    gate_lines = [r.getMessage() for r in caplog.records if "outside the range" in r.getMessage()]
+    assert len(gate_lines) == 1 and "5.99.0" in gate_lines[0] and str(fastpath.TESTED_TRANSFORMERS) in gate_lines[0]
+    assert backend.describe()["decode"] == "transformers"
+    monkeypatch.setattr(fastpath, "transformers_version", lambda: transformers.__version__)
+    assert _backend(folder).describe()["fast"] is True
+
+
+def test_pyproject_pins_the_tested_transformers_releases():
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    [pin] = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "transformers"]
+    assert pin.specifier == fastpath.TESTED_TRANSFORMERS
