@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from aigc.errors import MissingDependencyError
+from aigc.outputs import write_text_atomic
 from aigc.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ def convert_gguf(dest: Path) -> None:
     model.generation_config = generation
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    (dest / _MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": GGUF_FILE}) + "\n")
+    # last: a folder with the marker is complete (the whole folder is then renamed into place, see ensure_converted)
+    write_text_atomic(dest / _MARKER, json.dumps({"version": CONVERSION_VERSION, "source": GGUF_FILE}) + "\n")
 
 
 def ensure_converted() -> Path:
