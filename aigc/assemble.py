@@ -34,16 +34,20 @@ def inputs_key(spec: ArticleSpec, template_hashes: dict[str, str], model_id: str
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def render_document(spec: ArticleSpec, sections: Sequence[dict], store: TemplateStore, *, model_id: str,
-                    date: str | None = None) -> str:
-    """The article as Markdown, from the style's document template."""
-    date = date or dt.date.today().isoformat()
-    context = spec.template_context(
+def document_context(spec: ArticleSpec, sections: Sequence[dict], *, model_id: str, date: str | None = None) -> dict:
+    """Variables of the document template: the spec's, plus title, date, model and sections (title, body)."""
+    return spec.template_context(
         title=spec.topic,
-        date=date,
+        date=date or dt.date.today().isoformat(),
         model=model_id,
         sections=[{"title": s["title"], "body": s["body"]} for s in sections],
     )
+
+
+def render_document(spec: ArticleSpec, sections: Sequence[dict], store: TemplateStore, *, model_id: str,
+                    date: str | None = None) -> str:
+    """The article as Markdown, from the style's document template."""
+    context = document_context(spec, sections, model_id=model_id, date=date)
     text = store.render(store.template_name(spec.style, "document"), context)
     return "\n".join(line.rstrip() for line in text.strip().split("\n")) + "\n"
 

@@ -19,18 +19,25 @@ _META_SENTENCE = re.compile(
 _OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps)", re.I)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
-_WORD = re.compile(r"[A-Za-z0-9']+")
+_NORM_WORD = re.compile(r"[A-Za-z0-9']+")  # for comparing lines, not for counting
+#: A word as a reader counts it: letters, digits, apostrophes and inner hyphens ("don't", "well-known").
+WORD = re.compile(r"\b[\w'’-]+\b")
 #: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?")
 
 
 def _norm(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_NORM_WORD.findall(text.lower()))
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text`` as a reader would count them (see :data:`WORD`)."""
+    return WORD.findall(text)
 
 
 def words(text: str) -> int:
     """Word count as a reader would count it."""
-    return len(re.findall(r"\b[\w'’-]+\b", text))
+    return len(split_words(text))
 
 
 def split_sentences(text: str) -> list[str]:

@@ -1,95 +1,16 @@
-"""Evaluate generated articles: length adherence, outline coverage, repetition and perplexity (the judge is in aigc.judge)."""
+"""Evaluate generated articles: length adherence, outline coverage, repetition (perplexity and the judge have their own modules)."""
 
 from __future__ import annotations
 
-import math
-import re
+import json
 from collections import Counter
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
-from aigc.cleanup import words
-
-#: Section headings that are navigation, not content.
-TOC_TITLES = {"contents", "table of contents", "toc", "in this article"}
-_TOKEN = re.compile(r"\b[\w'’-]+\b")
-_HEADING2 = re.compile(r"^##\s+(.*?)\s*#*\s*$")
-_NUMBERING = re.compile(r"^\s*(?:\d{1,3}|[ivxlc]{1,6}|[a-z])[.)]\s+", re.I)
-
-
-# -- parsing ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Section:
-    """One ``##`` section of an article: its heading as written and its Markdown body."""
-
-    title: str
-    body: str
-    words: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.words = words(self.body)
-
-
-@dataclass
-class ParsedArticle:
-    """An article's title and content sections (Contents and the footer after ``---`` left out)."""
-
-    title: str
-    sections: list[Section]
-
-    @property
-    def body(self) -> str:
-        """The section bodies, one paragraph block each."""
-        return "\n\n".join(s.body for s in self.sections if s.body)
-
-    @property
-    def body_words(self) -> int:
-        return sum(s.words for s in self.sections)
-
-
-def _norm_title(text: str) -> str:
-    text = re.sub(r"[*_`]+", "", text)
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = _NUMBERING.sub("", text.strip())
-    return " ".join(_TOKEN.findall(text.lower()))
-
-
-def parse_article(markdown: str) -> ParsedArticle:
-    """Split Markdown into the ``#`` title and the ``##`` sections.
-
-    Lines inside fenced code blocks are never headings; a section titled "Contents" (or "Table of
-    contents") is left out; a final ``---`` rule with no ``##`` heading after it starts the footer,
-    which is dropped. Text before the first ``##`` (title, byline) is not a section.
-    """
-    lines = markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    in_fence, title = False, ""
-    heads: list[tuple[int, str]] = []
-    rules: list[int] = []
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith(("```", "~~~")):
-            in_fence = not in_fence
-            continue
-        if in_fence:
-            continue
-        if not title and not heads and re.match(r"^#\s+\S", line):
-            title = line.lstrip("#").strip()
-        elif m := _HEADING2.match(line):
-            heads.append((i, m.group(1)))
-        elif re.match(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$", line):
-            rules.append(i)
-    end = len(lines)
-    if rules and (not heads or rules[-1] > heads[-1][0]):
-        end = rules[-1]
-    sections = []
-    for k, (i, head) in enumerate(heads):
-        stop = heads[k + 1][0] if k + 1 < len(heads) else end
-        if _norm_title(head) in TOC_TITLES:
-            continue
-        sections.append(Section(title=head, body="\n".join(lines[i + 1 : stop]).strip()))
-    return ParsedArticle(title=title, sections=sections)
-
+from aigc.article_text import ParsedArticle, Section, norm_title, parse_article
+from aigc.cleanup import split_words
+from aigc.errors import InputError
+from aigc.perplexity import load_lm, perplexity
 
 # -- cheap metrics ----------------------------------------------------------------------------------
 
@@ -123,10 +44,10 @@ def outline_coverage(article: ParsedArticle, outline: Sequence[str] | None = Non
     titles = list(outline) if outline is not None else [s.title for s in article.sections]
     found: dict[str, Section] = {}
     for s in article.sections:
-        found.setdefault(_norm_title(s.title), s)
+        found.setdefault(norm_title(s.title), s)
     missing, empty = [], []
     for t in titles:
-        s = found.get(_norm_title(t))
+        s = found.get(norm_title(t))
         if s is None:
             missing.append(t)
         elif s.words < min_words:
@@ -144,7 +65,7 @@ def outline_coverage(article: ParsedArticle, outline: Sequence[str] | None = Non
 
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens, counted as :func:`aigc.cleanup.words` counts words."""
-    return [t.lower() for t in _TOKEN.findall(text)]
+    return [t.lower() for t in split_words(text)]
 
 
 def ngrams(toks: Sequence[str], n: int) -> list[tuple[str, ...]]:
@@ -197,84 +118,6 @@ def repetition(article: ParsedArticle) -> dict:
     }
 
 
-# -- perplexity -------------------------------------------------------------------------------------
-
-
-def load_lm(model: str | None = None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, model id) of a local causal LM, loaded once per process by the local backend.
-
-    ``model``: None or "embedded" (SmolLM2), a folder saved with ``save_pretrained``, or a cached hub id.
-    A measurement scores with the model's own weights: on a CPU its float32 linear weights are packed
-    as they are, not rounded to float16 as for writing (see the local backend's ``fp16_weights``).
-    """
-    from aigc.backends import create_backend
-
-    backend = create_backend("local", model=model or "embedded", fp16_weights=False)
-    lm, tokenizer = backend.load()
-    return lm, tokenizer, backend.model_id
-
-
-def perplexity(texts: Sequence[str], model: str | None = None, *, batch_size: int = 2, window: int | None = None,
-               stride: int | None = None, lm: Any = None, tokenizer: Any = None) -> list[float | None]:
-    """Perplexity exp(mean token NLL) of each text under a causal LM, in batches, sliding over long texts.
-
-    A text longer than ``window`` tokens (default: the model's context, at most 512) is scored in
-    windows starting every ``stride`` tokens (default window/2); each token is scored once, with
-    the context its window gives. A text of fewer than 2 tokens gets None. Pass ``lm`` and
-    ``tokenizer`` to use an already loaded model instead of ``model``.
-    """
-    import torch
-
-    if lm is None or tokenizer is None:
-        lm, tokenizer, _ = load_lm(model)
-    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-    ctx = next((v for k in ("max_position_embeddings", "n_positions", "n_ctx")
-                if isinstance(v := getattr(config, k, None), int) and v > 0), 512)
-    window = max(2, min(window or 512, ctx))
-    stride = max(1, min(stride or window // 2, window - 1))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    pieces: list[tuple[int, list[int], int]] = []  # (text index, window ids, targets at its end)
-    for i, text in enumerate(texts):
-        ids = tokenizer(text)["input_ids"]
-        prev_end = 0
-        for begin in range(0, max(len(ids) - 1, 1), stride):
-            end = min(begin + window, len(ids))
-            pieces.append((i, ids[begin:end], min(end - prev_end, end - begin - 1)))
-            prev_end = end
-            if end >= len(ids):
-                break
-    nll, count = [0.0] * len(texts), [0] * len(texts)
-    pieces = [p for p in pieces if p[2] > 0]
-    pieces.sort(key=lambda p: len(p[1]))
-    device = next(lm.parameters()).device
-    from aigc.backends.local import run_on_model_thread
-
-    run_on_model_thread(lambda: _score(torch, lm, pieces, batch_size, pad, device, nll, count))
-    return [math.exp(n / c) if c else None for n, c in zip(nll, count)]
-
-
-def _score(torch: Any, lm: Any, pieces: list, batch_size: int, pad: int, device: Any, nll: list, count: list) -> None:
-    """Add each piece's summed token NLL and target count to its text's totals (on the model thread)."""
-    with torch.inference_mode():
-        for start in range(0, len(pieces), batch_size):
-            chunk = pieces[start : start + batch_size]
-            width = max(len(p[1]) for p in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for row, (_, w, n_target) in enumerate(chunk):
-                ids[row, : len(w)] = torch.tensor(w)
-                mask[row, : len(w)] = 1
-                labels[row, len(w) - n_target : len(w)] = torch.tensor(w[len(w) - n_target :])
-            logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), labels[:, 1:].to(device), ignore_index=-100, reduction="none"
-            ).sum(dim=1)
-            for row, (i, _, n_target) in enumerate(chunk):
-                nll[i] += float(losses[row])
-                count[i] += n_target
-
-
 # -- one article, many articles ---------------------------------------------------------------------
 
 
@@ -316,6 +159,72 @@ def evaluate_article(markdown: str, record: dict | None = None, *, requested_wor
 
         result.update(judge_fields(judge([art], judge_backend)[0]))
     return result
+
+
+def find_articles(path: Path) -> list[tuple[str, Path, Path | None]]:
+    """(name, Markdown file, article.json or None) for an article file, an article folder or an outputs folder."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder (give an article .md, an article folder or an outputs folder)")
+    if path.is_file():
+        record = path.with_suffix(".json")
+        name = path.parent.name if path.name == "article.md" and path.parent.name else path.stem
+        return [(name or path.stem, path, record if record.is_file() else None)]
+    if (path / "article.md").is_file():
+        return [(path.resolve().name, path / "article.md", _record(path))]
+    found = sorted(p for p in path.rglob("article.md")
+                   if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not found:
+        raise InputError(f"{path}: no articles found (looked for article.md files in it and its subfolders)")
+    return [(p.parent.relative_to(path).as_posix(), p, _record(p.parent)) for p in found]
+
+
+def _record(folder: Path) -> Path | None:
+    return folder / "article.json" if (folder / "article.json").is_file() else None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read it as UTF-8 text ({type(err).__name__}: {err})") from None
+
+
+def _read_record(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(_read(path))
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object (an aigc article record)")
+    return data
+
+
+def evaluate_path(path: Path, *, words: int | None = None, min_section_words: int = 20,
+                  perplexity_model: str | None = None, judge_backend: Any = None,
+                  templates_dir: str | None = None, echo=lambda msg: None) -> list[dict]:
+    """Cheap metrics of every article under ``path``; perplexity and judge (batched over articles) when asked."""
+    results, parsed = [], []
+    for name, md_path, record_path in find_articles(Path(path)):
+        markdown, record = _read(md_path), _read_record(record_path)
+        result = evaluate_article(markdown, record, requested_words=words, min_section_words=min_section_words)
+        results.append({"name": name, "path": str(md_path), **result})
+        parsed.append(parse_article(markdown))
+    if perplexity_model is not None:
+        lm, tokenizer, model_id = load_lm(perplexity_model)
+        echo(f"Perplexity of {len(parsed)} article(s) under {model_id}...")
+        for result, ppl in zip(results, perplexity([a.body for a in parsed], lm=lm, tokenizer=tokenizer)):
+            result.update(perplexity=ppl, perplexity_model=model_id)
+    if judge_backend is not None:
+        from aigc import judge
+        from aigc.templates import TemplateStore
+
+        echo(f"Judging {len(parsed)} article(s) with {judge_backend.model_id}...")
+        verdicts = judge.judge(parsed, judge_backend, store=TemplateStore(templates_dir))
+        for result, verdict in zip(results, verdicts):
+            result.update(judge.judge_fields(verdict))
+    return results
 
 
 COLUMNS = {

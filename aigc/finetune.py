@@ -215,21 +215,13 @@ def load_model(model_path: str):
         raise ConfigError(f"cannot load model {model_path!r} ({err}); pass --model embedded, a local folder or a cached Hugging Face id") from None
 
 
-def context_length(model_path: str) -> int | None:
-    """The model's maximum sequence length from its config, if it declares one."""
-    config = _lazy("transformers").AutoConfig.from_pretrained(model_path)
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def prepare_blocks(corpus: Corpus, model_path: str, block_size: int = 256, val_fraction: float = 0.1, seed: int = 42) -> Blocks:
     """Tokenize with ``datasets.map``, pack into ``block_size`` blocks (capped to the context), split off validation."""
     datasets = _lazy("datasets")
+    from aigc.backends.local.loading import context_length
+
     tokenizer = load_tokenizer(model_path)
-    limit = context_length(model_path)
+    limit = context_length(_lazy("transformers").AutoConfig.from_pretrained(model_path), tokenizer)
     size = min(block_size, limit) if limit else block_size
     eos = tokenizer.eos_token_id
 
@@ -262,20 +254,11 @@ def prepare_blocks(corpus: Corpus, model_path: str, block_size: int = 256, val_f
 
 def evaluate_perplexity(model: Any, blocks: Any, batch_size: int = 4) -> float:
     """Perplexity of ``model`` (a loaded model or a folder/id) on packed blocks: exp of the mean token loss."""
-    torch = _lazy("torch")
+    from aigc.perplexity import block_perplexity
+
     if isinstance(model, (str, Path)):
         model = load_model(str(model))
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(blocks), batch_size):
-            ids = blocks[start : start + batch_size]["input_ids"].to(model.device)
-            loss = model(input_ids=ids, labels=ids).loss.item()
-            n = ids.shape[0] * (ids.shape[1] - 1)
-            total, count = total + loss * n, count + n
-    model.train(was_training)
-    return math.exp(total / count)
+    return block_perplexity(model, blocks["input_ids"], batch_size)
 
 
 # ---------------------------------------------------------------- training

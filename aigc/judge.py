@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from aigc.evaluate import ParsedArticle
+from aigc.article_text import ParsedArticle
 
 #: Judge criteria and the words a reply may use for each.
 CRITERIA = {
@@ -15,6 +15,7 @@ CRITERIA = {
     "truthfulness": ("truthfulness", "truthful", "truth", "factuality", "factual accuracy"),
 }
 JUDGE_TEMPLATE = "eval/judge.j2"
+
 
 def _rating(value: Any) -> tuple[float | None, str | None]:
     """A number from a JSON value (4, 4.5, "4", "4/5"); and why not, if it is not one."""
@@ -170,6 +171,3 @@ def judge_fields(verdict: dict) -> dict:
     flat.update(judge_mean=verdict["mean"], judge_score=verdict["score"],
                 judge={k: verdict[k] for k in ("reasons", "flags", "model", "reply") if k in verdict})
     return flat
-
-
-#: Table columns: result key -> (heading, format).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -100,12 +100,29 @@ class TemplateStore:
         except jinja2.TemplateNotFound:
             raise TemplateError("template not found", template=self._display(name)) from None
 
+    def sources(self, name: str) -> set[str]:
+        """The names of the template and of every template it extends, includes or imports."""
+        return set(self._sources(name))
+
     def template_hash(self, name: str) -> str:
         """SHA-256 over the content of the template and everything it pulls in."""
         h = hashlib.sha256()
         for dep in sorted(self._sources(name)):
             h.update(dep.encode() + b"\0" + self._source(dep).encode() + b"\0")
         return h.hexdigest()[:16]
+
+    def variables(self, name: str) -> tuple[set[str], set[str]]:
+        """(read, optional): the context variables a template reads, counting every template it extends,
+        includes or imports, and those of them it tests with ``is defined``/``is undefined``."""
+        from jinja2 import meta, nodes
+
+        read, optional = set(), set()
+        for dep in self._sources(name):
+            tree = self.env.parse(self._source(dep), name=dep)
+            read |= meta.find_undeclared_variables(tree)
+            optional |= {t.node.name for t in tree.find_all(nodes.Test)
+                         if t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)}
+        return read, optional & read
 
     def style_hashes(self, style: str) -> dict[str, str]:
         return {step: self.template_hash(self.template_name(style, step)) for step in STEPS}
@@ -126,7 +143,8 @@ class TemplateStore:
     def _wrap(self, err: Exception, name: str) -> TemplateError:
         line, tname = _error_location(err, name)
         if isinstance(err, jinja2.UndefinedError):
-            msg = f"{err.message}; variables available: see `aigc templates vars`"
+            style = name.split("/", 1)[0] if "/" in name and name.split("/", 1)[0] not in NON_STYLES else "STYLE"
+            msg = f"{err.message}; `aigc templates vars {style}` lists the variables each template may use"
         elif isinstance(err, jinja2.exceptions.SecurityError):
             msg = f"not allowed in the template sandbox: {err}"
         else:
@@ -165,6 +183,18 @@ class TemplateStore:
         if not any(m.role == "user" for m in messages):
             raise TemplateError("prompt template renders no user message (define {% block user %})", template=self._display(name))
         return Rendered(messages=tuple(messages), template_hash=self.template_hash(name))
+
+
+    def render_blocks(self, name: str, context: dict[str, Any], blocks: Sequence[str]) -> dict[str, str]:
+        """The text of some named blocks of a template ("" for a block it does not define): settings a style pack
+        gives in its templates, such as which outline sections come first."""
+        template = self._get(name)
+        try:
+            ctx = template.new_context(dict(context))
+            "".join(template.root_render_func(ctx))
+            return {b: "".join(ctx.blocks[b][0](ctx)).strip() if ctx.blocks.get(b) else "" for b in blocks}
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as err:
+            raise self._wrap(err, name) from None
 
 
 def _rel(name: str, root: Path) -> str:

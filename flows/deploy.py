@@ -1,4 +1,8 @@
-"""Deployments: ``nightly`` (the batch flow on a cron schedule) and ``single-report`` (one report on demand), served by ``serve()``."""
+"""Deployments: ``nightly`` (the batch flow on a cron schedule) and ``single-report`` (one report on demand).
+
+``aigc serve`` serves them from one process; ``prefect.yaml`` declares the same two for a work pool. The
+constants below are the one source of both (a test checks that ``prefect.yaml`` matches them).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,12 @@ from aigc.errors import ConfigError
 NIGHTLY = "nightly"
 SINGLE_REPORT = "single-report"
 DEFAULT_CRON = "0 2 * * *"
+DEFAULT_TIMEZONE = "UTC"
 DEFAULT_BATCH = "data/batches/nightly.yaml"
+SINGLE_REPORT_PARAMETERS = {"style": "report"}
+TAGS = ["aigc"]
+#: The flows the deployments run, as ``prefect.yaml`` entrypoints.
+ENTRYPOINTS = {NIGHTLY: "flows/batch.py:batch_flow", SINGLE_REPORT: "flows/article.py:article_flow"}
 
 
 def schedule_settings(cron: str | None = None, timezone: str | None = None,
@@ -21,7 +30,7 @@ def schedule_settings(cron: str | None = None, timezone: str | None = None,
     from prefect.schedules import validate_cron_string
 
     cron = cron or os.environ.get("AIGC_NIGHTLY_CRON") or DEFAULT_CRON
-    timezone = timezone or os.environ.get("AIGC_TIMEZONE") or "UTC"
+    timezone = timezone or os.environ.get("AIGC_TIMEZONE") or DEFAULT_TIMEZONE
     batch_file = batch_file or os.environ.get("AIGC_NIGHTLY_BATCH") or DEFAULT_BATCH
     try:
         ZoneInfo(timezone)
@@ -52,26 +61,14 @@ def deployments(cron: str | None = None, timezone: str | None = None, batch_file
         schedule=Cron(settings["cron"], timezone=settings["timezone"]),
         parameters={"batch_file": settings["batch_file"]},
         description=f"aigc batch {settings['batch_file']} at '{settings['cron']}' ({settings['timezone']})",
-        tags=["aigc"],
+        tags=TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     single = article_flow.to_deployment(
         name=SINGLE_REPORT,
-        parameters={"style": "report"},
+        parameters=dict(SINGLE_REPORT_PARAMETERS),
         description="One report on demand: prefect deployment run 'aigc-article/single-report' -p topic=...",
-        tags=["aigc"],
+        tags=TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return [nightly, single]
-
-
-def serve(cron: str | None = None, timezone: str | None = None, batch_file: str | None = None,
-          limit: int | None = None) -> None:
-    """Serve both deployments until interrupted; stopping pauses the nightly schedule, serving again resumes it."""
-    from prefect import serve as prefect_serve
-
-    prefect_serve(*deployments(cron, timezone, batch_file), limit=limit, print_starting_message=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    serve()

@@ -38,6 +38,39 @@ def test_template_with_undefined_variable(templates_copy):
     )
     line = error_line(invoke("write", "Tides", "--style", "blog"))
     assert "'readers' is undefined" in line and f"{templates_copy / 'blog' / 'section.j2'}:2:" in line
+    # the hint names a command that exists, and that command flags the variable
+    assert "`aigc templates vars blog` lists the variables" in line
+    listing = invoke("templates", "vars", "blog")
+    assert listing.exit_code == 0, listing.output
+    assert "readers        NOT PROVIDED" in listing.output
+
+
+def test_templates_vars_lists_what_each_step_provides_and_uses(templates_copy):
+    result = invoke("templates", "vars", "report")
+    assert result.exit_code == 0, result.output
+    blocks = {b.splitlines()[0].split(":")[0]: b for b in result.output.split("\n\n") if b.startswith("report /")}
+    assert set(blocks) == {"report / outline", "report / section", "report / document"}
+
+    def used(step):
+        return {ln.split()[0] for ln in blocks[f"report / {step}"].splitlines()[1:] if ln.split()[1:2] == ["used"]}
+
+    def listed(step):  # provided by the step (not the optional or missing ones flagged after them)
+        return {ln.split()[0] for ln in blocks[f"report / {step}"].splitlines()[1:]
+                if "optional:" not in ln and "NOT PROVIDED" not in ln}
+
+    assert listed("outline") == {"topic", "style", "n_sections", "words", "section_words"}
+    assert listed("section") == listed("outline") | {"outline", "section_title", "section_index", "is_first", "is_last"}
+    assert {"title", "date", "model", "sections"} <= listed("document")
+    assert used("outline") == {"topic", "n_sections"}
+    assert {"section_title", "section_index", "is_first", "is_last", "outline"} <= used("section")
+    # data-driven: a template that starts using a variable shows it as used
+    (templates_copy / "report" / "outline.j2").write_text(
+        '{% extends "base/outline.j2" %}\n{% block outline_guidance %}About {{ words }} words.{% endblock %}\n')
+    again = invoke("templates", "vars", "report", "--templates-dir", str(templates_copy))
+    assert "  words          used  800" in again.output.split("report / section")[0]
+    assert "unknown style 'poem'" in error_line(invoke("templates", "vars", "poem"))
+    everything = invoke("templates", "vars")
+    assert all(f"{style} / document" in everything.output for style in ("article", "blog", "news", "report"))
 
 
 def test_topic_with_template_syntax_stays_literal():
@@ -88,7 +121,7 @@ def test_backend_options_are_validated_by_the_backend():
 def test_aigc_errors_are_logged_without_traceback():
     import logging
 
-    from aigc.cli import _NoAigcTracebacks
+    from aigc.cli.common import _NoAigcTracebacks
     from aigc.errors import BackendError
 
     def record(exc):

@@ -41,11 +41,30 @@ def test_deployments_are_built_from_settings(monkeypatch):
     assert nightly.entrypoint == "flows.batch.batch_flow" and single.entrypoint == "flows.article.article_flow"
     [sched] = nightly.schedules
     assert (sched.schedule.cron, sched.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert nightly.tags == single.tags == ["aigc"]
     assert nightly.parameters == {"batch_file": "data/batches/nightly.yaml"} and single.parameters == {"style": "report"}
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
         deployments(timezone="Mars/Base")
     with pytest.raises(ConfigError, match="not a cron expression"):
         deployments(cron="at two")
+
+
+def test_prefect_yaml_matches_the_served_deployments():
+    """prefect.yaml (work pools) and `aigc serve` (one process) deploy the same two flows with the same settings."""
+    import yaml
+
+    from flows import deploy
+
+    declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    assert set(declared) == {deploy.NIGHTLY, deploy.SINGLE_REPORT}
+    nightly, single = declared[deploy.NIGHTLY], declared[deploy.SINGLE_REPORT]
+    assert nightly["schedules"] == [{"cron": deploy.DEFAULT_CRON, "timezone": deploy.DEFAULT_TIMEZONE}]
+    assert nightly["parameters"] == {"batch_file": deploy.DEFAULT_BATCH}
+    assert single["parameters"] == deploy.SINGLE_REPORT_PARAMETERS and not single.get("schedules")
+    for name, d in declared.items():
+        assert d["entrypoint"] == deploy.ENTRYPOINTS[name] and d["tags"] == deploy.TAGS
+        path, func = d["entrypoint"].split(":")
+        assert f"def {func}(" in (REPO / path).read_text()
 
 
 def _free_port() -> int:

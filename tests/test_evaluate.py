@@ -422,3 +422,20 @@ def test_cli_bad_input_is_one_line(case, tmp_path, outputs):
     expected = {"missing": "no such file or folder", "empty": "no articles found", "binary": "cannot read it as UTF-8",
                 "bad-json": "not valid JSON", "bad-backend": "unknown backend 'nosuch'"}[case]
     assert expected in lines[0]
+
+
+def test_block_perplexity_is_the_models_own_mean_loss(tiny_gpt2):
+    """Fine-tuning's validation perplexity: exp of transformers' own loss over packed blocks, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from aigc.perplexity import block_perplexity
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    torch.manual_seed(1)
+    blocks = torch.randint(0, lm.config.vocab_size, (5, 32))
+    with torch.no_grad():
+        want = math.exp(lm(input_ids=blocks, labels=blocks).loss.item())
+    lm.train()
+    assert block_perplexity(lm, blocks, batch_size=2) == pytest.approx(want, rel=1e-5)
+    assert lm.training  # the mode it was in

@@ -257,7 +257,7 @@ def test_bad_options_name_the_field(tmp_path):
 def test_cli_reports_a_bad_corpus_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from aigc.finetune_cli import finetune_command
+    from aigc.cli.finetune import finetune_command
 
     result = CliRunner().invoke(finetune_command, [str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1
@@ -274,7 +274,7 @@ def test_cli_runs_the_prefect_flow(tiny_model, corpus, tmp_path, monkeypatch):
     from prefect.settings import (PREFECT_HOME, PREFECT_RESULTS_LOCAL_STORAGE_PATH,
                                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
 
-    from aigc.finetune_cli import finetune_command
+    from aigc.cli.finetune import finetune_command
 
     output = tmp_path / "out"
     args = [str(corpus), "--output", str(output), "--model", tiny_model, "--method", "full", "--max-steps", "4",

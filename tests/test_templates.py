@@ -96,3 +96,15 @@ def test_report_document_numbers_headings_and_links_them():
     html = markdown_to_html(md)
     assert "[What next?](#2-what-next)" in md
     assert 'id="2-what-next"' in html
+
+
+def test_variables_a_template_reads_through_its_parents(templates_copy):
+    (templates_copy / "news" / "section.j2").write_text(
+        '{% extends "base/section.j2" %}\n'
+        '{% block voice %}{% if desk is defined %}For the {{ desk }} desk.{% endif %} {{ editor }}{% endblock %}\n'
+    )
+    store = TemplateStore(templates_copy)
+    read, optional = store.variables("news/section.j2")
+    assert {"topic", "section_title", "is_last", "desk", "editor"} <= read  # base's and its own
+    assert optional == {"desk"}
+    assert store.sources("news/section.j2") == {"news/section.j2", "base/section.j2"}

@@ -6,7 +6,9 @@ import os
 
 import click
 
+from aigc.cli.common import _fail, one_line_errors, quiet_tracebacks
 from aigc.errors import AigcError
+from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, NIGHTLY, SINGLE_REPORT
 
 
 @click.command("batch")
@@ -32,13 +34,10 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     from aigc.batch import load_batch
     from aigc.paths import outputs_dir as default_outputs
 
-    try:
+    with one_line_errors():
         batch = load_batch(batch_file, max_items=max_items)
-    except AigcError as err:
-        raise click.ClickException(str(err)) from None
     folder = (os.path.join(outputs_dir, batch.slug) if outputs_dir else str(default_outputs() / batch.slug))
     click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/", err=True)
-    from aigc.cli import quiet_tracebacks
     from flows.batch import batch_flow
     from flows.common import in_process_run
 
@@ -49,7 +48,7 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException) or not isinstance(summary, dict):
         if isinstance(summary, AigcError):
-            raise click.ClickException(str(summary)) from None
+            _fail(summary)
         raise click.ClickException(f"the batch flow failed: {state.message or summary}")
     for row in summary["items"]:
         where = row["folder"] + "/" if row.get("folder") else row.get("error") or ""
@@ -62,11 +61,11 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
 
 
 @click.command("serve")
-@click.option("--timezone", envvar="AIGC_TIMEZONE", default="UTC", show_default=True,
+@click.option("--timezone", envvar="AIGC_TIMEZONE", default=DEFAULT_TIMEZONE, show_default=True,
               help="Time zone of the nightly schedule (IANA name, e.g. Europe/Berlin).")
-@click.option("--cron", envvar="AIGC_NIGHTLY_CRON", default="0 2 * * *", show_default=True,
+@click.option("--cron", envvar="AIGC_NIGHTLY_CRON", default=DEFAULT_CRON, show_default=True,
               help="When the nightly batch runs.")
-@click.option("--batch-file", envvar="AIGC_NIGHTLY_BATCH", default="data/batches/nightly.yaml", show_default=True,
+@click.option("--batch-file", envvar="AIGC_NIGHTLY_BATCH", default=DEFAULT_BATCH, show_default=True,
               help="The batch file the nightly deployment runs.")
 @click.option("--limit", type=click.IntRange(1), help="Most flow runs at once in this process [no limit].")
 def serve_command(timezone: str, cron: str, batch_file: str, limit: int | None) -> None:
@@ -78,19 +77,17 @@ def serve_command(timezone: str, cron: str, batch_file: str, limit: int | None) 
     Trigger a report:
       prefect deployment run 'aigc-article/single-report' -p topic="Urban heat islands" -p style=report
     """
-    from flows.deploy import NIGHTLY, SINGLE_REPORT, deployments
     from aigc.paths import outputs_dir
+    from flows.deploy import deployments
 
-    try:
+    with one_line_errors():
         served = deployments(cron=cron, timezone=timezone, batch_file=batch_file)
-    except AigcError as err:
-        raise click.ClickException(str(err)) from None
     api = os.environ.get("PREFECT_API_URL") or "(none set: a temporary server that stops with this command)"
     click.echo(f"Serving against {api}:")
     click.echo(f"  aigc-batch/{NIGHTLY}          {batch_file} at '{cron}' ({timezone})")
     click.echo(f"  aigc-article/{SINGLE_REPORT}  on demand")
     click.echo(f"Outputs go to {outputs_dir().resolve()}/ (nightly: <outputs>/<batch-name>/index.html)")
-    click.echo("Trigger:\n  prefect deployment run 'aigc-article/single-report' -p topic=\"...\" -p style=report\n"
+    click.echo(f"Trigger:\n  prefect deployment run 'aigc-article/{SINGLE_REPORT}' -p topic=\"...\" -p style=report\n"
                f"  prefect deployment run 'aigc-batch/{NIGHTLY}'\nStop with Ctrl-C (pauses the nightly schedule).")
     from prefect import serve
 

@@ -1,4 +1,4 @@
-"""The `aigc finetune` command: fine-tune a local model on a house corpus through the Prefect flow."""
+"""``aigc finetune``: fine-tune a local model on a house corpus through the Prefect flow."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from aigc.errors import AigcError
+from aigc.cli.common import one_line_errors, quiet_tracebacks
 
 
 @click.command("finetune")
@@ -41,16 +41,13 @@ def finetune_command(corpus: Path, output: Path, **settings) -> None:
     """
     from aigc import finetune as ft
 
-    try:
+    with one_line_errors():
         options = ft.make_options(corpus=corpus, output=output, **settings)
         ft.load_corpus(options.corpus, options.text_field)  # fail fast, before the flow's API starts
-        from aigc.cli import quiet_tracebacks
         from flows.finetune import finetune_flow
 
         quiet_tracebacks()
         record = finetune_flow(options)
-    except AigcError as err:
-        raise click.ClickException(str(err)) from None
     ppl = record["perplexity"]
     training = record["training"]
     click.echo(f"Fine-tuned model: {record['output']}")

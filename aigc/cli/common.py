@@ -1,0 +1,93 @@
+"""What every ``aigc`` command shares: one-line errors, quiet tracebacks, ``--outline`` and backend option parsing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator, NoReturn
+
+import click
+
+from aigc.errors import AigcError, InputError
+
+STYLE_HELP = "Style pack: a folder of templates/ (article, report, news, blog, or your own)."
+
+
+def _fail(err: Exception) -> NoReturn:
+    """End the command with the error's one line and exit code 1."""
+    raise click.ClickException(str(err)) from None
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn an AigcError raised inside the block into the command's one-line error."""
+    try:
+        yield
+    except AigcError as err:
+        _fail(err)
+
+
+def read_outline(value: str | None) -> tuple[str, ...] | None:
+    """--outline: a file (one title per line) or '-' for stdin; '1.'/'-' list marks are fine."""
+    if value is None:
+        return None
+    if value == "-":
+        text, source = sys.stdin.read(), "--outline (stdin)"
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise InputError(f"--outline {value}: no such file (give a file with one section title per line)")
+        try:
+            text, source = path.read_text("utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--outline {value}: cannot read it as UTF-8 text ({err})") from None
+    from aigc.outline import given_outline
+
+    return tuple(given_outline(text.splitlines(), source=source))
+
+
+def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs; VALUE is read as JSON when it parses (true, 8, 0.5), else as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"-o {pair!r}: give KEY=VALUE, e.g. -o max_batch_size=8")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def backend_options(model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                    concurrency: int | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Backend options from CLI flags (``-o`` pairs first, then the named flags); only those given are set."""
+    options = parse_option_pairs(extra)
+    named = {"model": model, "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}
+    options.update({k: v for k, v in named.items() if v})
+    return options
+
+
+class _NoAigcTracebacks(logging.Filter):
+    """Log an aigc error as its one line, without the traceback (Prefect logs failed runs with one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AigcError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Install the filter on every handler of the root and Prefect loggers (after Prefect set them up)."""
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoAigcTracebacks) for f in handler.filters):
+                handler.addFilter(_NoAigcTracebacks())

@@ -1,0 +1,86 @@
+"""``aigc write``: check the inputs, then write one article through the Prefect article flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from aigc.cli.common import STYLE_HELP, backend_options, one_line_errors, quiet_tracebacks, read_outline
+
+
+def preflight(spec, templates_dir: str | None) -> None:
+    """Check style, templates and backend options before any Prefect or model start-up."""
+    from aigc.assemble import render_document
+    from aigc.backends import create_backend
+    from aigc.sections import section_context
+    from aigc.templates import TemplateStore
+
+    store = TemplateStore(templates_dir)
+    store.check_style(spec.style)
+    store.render_messages(store.template_name(spec.style, "outline"), spec.template_context())
+    titles = [f"Section {i + 1}" for i in range(spec.sections)]
+    store.render_messages(store.template_name(spec.style, "section"), section_context(spec, titles, 0))
+    render_document(spec, [{"title": t, "body": "Text."} for t in titles], store, model_id="check")
+    create_backend(spec.backend, **spec.backend_options)  # validates options and keys; loads nothing
+
+
+@click.command("write")
+@click.argument("topic")
+@click.option("--style", "-s", default="article", show_default=True, envvar="AIGC_STYLE", help=STYLE_HELP)
+@click.option("--sections", "-n", type=click.IntRange(1, 20), default=5, show_default=True, help="Number of sections.")
+@click.option("--words", "-w", type=click.IntRange(30, 20000), default=800, show_default=True,
+              help="Words for the whole body; each section gets an equal share.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same inputs: same text.")
+@click.option("--backend", "-b", default="local", show_default=True, envvar="AIGC_BACKEND",
+              help="local (Hugging Face model on this machine) or openai (any OpenAI-compatible API).")
+@click.option("--model", "-m", envvar="AIGC_MODEL",
+              help="local: 'embedded' (default), a folder or a hub id; openai: the model name.")
+@click.option("--base-url", envvar="OPENAI_BASE_URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1")
+@click.option("--api-key-env", help="openai: name of the environment variable holding the key [OPENAI_API_KEY].")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="openai: requests in flight at once [8].")
+@click.option("--option", "-o", "extra_options", multiple=True, metavar="KEY=VALUE",
+              help="Any other backend option, e.g. -o max_batch_size=8 (local), -o use_completions=true (openai).")
+@click.option("--outline", "outline_file", metavar="FILE",
+              help="Use this outline (one section title per line; '-' reads stdin) instead of generating one.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
+@click.option("--outputs", "outputs_dir", envvar="AIGC_OUTPUTS_DIR", type=click.Path(file_okay=False),
+              help="Where article folders go [./outputs].")
+@click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
+              help="Folder of style packs [./templates].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing article of the same name.")
+def write_command(topic: str, outline_file: str | None, outputs_dir: str | None, templates_dir: str | None,
+                  model: str | None, base_url: str | None, api_key_env: str | None, concurrency: int | None,
+                  extra_options: tuple[str, ...], overwrite: bool, **params: Any) -> None:
+    """Write one article or report about TOPIC through the Prefect flow.
+
+    \b
+    Files go to outputs/<topic-slug>/article.md, article.html and article.json.
+    Running the same command again reuses cached steps (start a Prefect server
+    and set PREFECT_API_URL to avoid the temporary server's start-up each time).
+    """
+    from aigc.spec import ArticleSpec
+
+    with one_line_errors():
+        options = backend_options(model, base_url, api_key_env, concurrency, extra_options)
+        outline = read_outline(outline_file)
+        if outline:
+            params["sections"] = len(outline)
+        spec = ArticleSpec.build(source="aigc write", topic=topic, outline=outline, backend_options=options, **params)
+        preflight(spec, templates_dir)
+        click.echo(f"Writing {spec.style} '{spec.topic}' ({spec.sections} sections, ~{spec.words} words) "
+                   f"with {spec.backend}{' / ' + options['model'] if options.get('model') else ''}...", err=True)
+        from flows.article import article_flow
+        from flows.common import in_process_run
+
+        quiet_tracebacks()
+        with in_process_run():
+            result = article_flow(**spec.model_dump(mode="json"), outputs_dir=outputs_dir,
+                                  templates_dir=templates_dir, overwrite=overwrite)
+    steps = ", ".join(f"{k} {v.lower()}" for k, v in result.get("steps", {}).items())
+    verb = {"unchanged": "Already written (same inputs)", "renamed": "Written (name taken, new folder)",
+            "replaced": "Replaced"}.get(result["status"], "Written")
+    click.echo(f"{verb}: {result['folder']}/  [{result['words']} words; {steps}]")
+    for path in result["files"].values():
+        click.echo(f"  {path}")
