@@ -76,7 +76,8 @@ def write_command(topic: str, outline_file: str | None, outputs_dir: str | None,
 
         quiet_tracebacks()
         with in_process_run():
-            result = article_flow(**spec.model_dump(mode="json"), outputs_dir=outputs_dir,
+            # the spec's fields this command set, validated, as the flow's parameters of the same names
+            result = article_flow(**spec.model_dump(mode="json", exclude_unset=True), outputs_dir=outputs_dir,
                                   templates_dir=templates_dir, overwrite=overwrite)
     steps = ", ".join(f"{k} {v.lower()}" for k, v in result.get("steps", {}).items())
     verb = {"unchanged": "Already written (same inputs)", "renamed": "Written (name taken, new folder)",
