@@ -5,23 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aigc.errors import ConfigError
+from aigc.errors import ConfigError, validate
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 def parse_options(model: type[OptionsT], options: dict[str, Any], backend: str) -> OptionsT:
     """Validate a backend's options; a typo or bad value is one ConfigError line naming the option."""
-    try:
-        return model(**options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "options"
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields)
-            raise ConfigError(f"{backend} backend: unknown option {field!r}; known options: {known}") from None
-        raise ConfigError(f"{backend} backend: option {field!r}: {err['msg']}") from None
+    return validate(model, options, where=f"{backend} backend", label="option")
 
 
 class Message(BaseModel):
