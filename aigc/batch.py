@@ -19,7 +19,7 @@ from aigc.spec import ArticleSpec
 
 #: Fields an item (or the defaults) may set. model and base_url go into backend_options.
 FIELDS = ("topic", "style", "backend", "model", "base_url", "sections", "words", "seed", "outline",
-          "temperature", "top_p", "backend_options")
+          "temperature", "top_p", "backend_options", "outline_candidates", "section_candidates")
 TOP_KEYS = ("name", "defaults", "items")
 BACKEND_FIELDS = ("model", "base_url", "backend_options")
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

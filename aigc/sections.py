@@ -49,18 +49,35 @@ def section_requests(
     return requests
 
 
+#: Seeds of a section's candidates are this far apart (candidate 0 keeps the article's seed).
+CANDIDATE_SEED_STRIDE = 7919
+
+
+def candidate_count(spec: ArticleSpec, backend: Backend) -> int:
+    """Candidates per section: the article's own choice, else the backend's default."""
+    return spec.section_candidates or max(1, int(getattr(backend, "default_section_candidates", 1)))
+
+
 def expand_sections(
     backend: Backend, specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]], store: TemplateStore
 ) -> list[list[dict]]:
     """Write every section of every article: one batched backend call, plus one for any that came out empty.
 
-    ``outlines[i]`` holds the section titles of ``specs[i]``; returns each article's sections in order.
+    Each section gets its article's number of candidates in the same call (other seeds); the best by
+    :func:`choose` is kept. ``outlines[i]`` holds the section titles of ``specs[i]``; returns each
+    article's sections in order.
     """
-    rows = [(a, i) for a, titles in enumerate(outlines) for i in range(len(titles))]
-    per_article = [section_requests(spec, titles, store) for spec, titles in zip(specs, outlines)]
-    completions = generate_with_prefill(backend, [per_article[a][i] for a, i in rows])
-    results = {(a, i): _result(specs[a], outlines[a], i, c, attempts=1) for (a, i), c in zip(rows, completions)}
-    short = [(a, i) for a, i in rows if results[a, i]["words"] < MIN_SECTION_WORDS]
+    counts = [candidate_count(spec, backend) for spec in specs]
+    per_article = [[section_requests(spec, titles, store, seed_offset=c * CANDIDATE_SEED_STRIDE) for c in range(k)]
+                   for spec, titles, k in zip(specs, outlines, counts)]
+    rows = [(a, i, c) for a, titles in enumerate(outlines) for i in range(len(titles)) for c in range(counts[a])]
+    completions = generate_with_prefill(backend, [per_article[a][c][i] for a, i, c in rows])
+    drafts: dict[tuple[int, int], list[dict]] = {}
+    for (a, i, c), completion in zip(rows, completions):
+        drafts.setdefault((a, i), []).append(_result(specs[a], outlines[a], i, completion, attempts=1))
+    results = choose(specs, outlines, drafts)
+    short = [(a, i) for a, titles in enumerate(outlines) for i in range(len(titles))
+             if results[a, i]["words"] < MIN_SECTION_WORDS]
     if short:
         log.warning("%d section(s) came out empty or too short; generating them again", len(short))
         retry = {a: section_requests(specs[a], outlines[a], store, seed_offset=RETRY_SEED_OFFSET) for a, _ in short}
@@ -70,12 +87,43 @@ def expand_sections(
             for key in ("prompt_tokens", "completion_tokens", "seconds"):
                 second[key] += first[key]
             if second["words"] >= first["words"]:
-                results[a, i] = second
+                results[a, i] = {**second, **{k: first[k] for k in ("candidates", "chosen") if k in first}}
         for a, i in short:
             if results[a, i]["words"] < MIN_SECTION_WORDS:
                 log.warning("%s: section %d %r is still empty after a retry: the article has a gap there "
                             "(try another --seed, or a larger model)", specs[a].topic, i + 1, outlines[a][i])
     return [[results[a, i] for i in range(len(titles))] for a, titles in enumerate(outlines)]
+
+
+def choose(specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]],
+           drafts: dict[tuple[int, int], list[dict]]) -> dict[tuple[int, int], dict]:
+    """Keep the best candidate of each section by :func:`aigc.quality.score_sections` (all scored in one batch).
+
+    A section is scored against its title, the topic, its word budget and the sections chosen
+    before it (overlap); the chosen result records every candidate's scores.
+    """
+    single = {key: {**found[0]} for key, found in drafts.items() if len(found) == 1}
+    if len(single) == len(drafts):
+        return single
+    from aigc.quality import score_sections
+
+    chosen: dict[tuple[int, int], dict] = dict(single)
+    for a, titles in enumerate(outlines):
+        for i, title in enumerate(titles):
+            found = drafts[a, i]
+            if len(found) == 1:
+                continue
+            others = [chosen[a, j]["body"] for j in range(i) if chosen[a, j]["body"]]
+            scores = score_sections(specs[a].topic, title, [d["body"] for d in found], others, specs[a].section_words)
+            best = max(range(len(found)), key=lambda c: (scores[c]["total"], -c))
+            usage = {k: sum(d[k] for d in found) for k in ("prompt_tokens", "completion_tokens", "seconds")}
+            chosen[a, i] = {**found[best], **usage, "chosen": best,
+                            "candidates": [{"words": d["words"], **_rounded(sc)} for d, sc in zip(found, scores)]}
+    return chosen
+
+
+def _rounded(scores: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
 def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, attempts: int) -> dict:

@@ -29,6 +29,10 @@ class ArticleSpec(BaseModel):
     backend: str = "local"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     outline: tuple[str, ...] | None = None
+    #: Outlines asked for at once (one batched call); their titles are pooled and the best chosen.
+    outline_candidates: int = Field(4, ge=1, le=16)
+    #: Candidates written for each section in the same call, the best kept; None: the backend's default.
+    section_candidates: int | None = Field(None, ge=1, le=8)
 
     @field_validator("topic")
     @classmethod

@@ -93,6 +93,9 @@ class Backend(ABC):
     supports_prefill: ClassVar[bool] = False
     #: How many articles a batch puts into one step's call (see :meth:`concurrent_articles`).
     max_concurrent_articles: ClassVar[int] = 1
+    #: Candidates written per section when an article does not say (the best is kept): extra rows are
+    #: cheap in a batched local call, but each costs a full request on an API.
+    default_section_candidates: ClassVar[int] = 1
 
     @property
     @abstractmethod
