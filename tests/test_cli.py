@@ -135,3 +135,12 @@ def test_aigc_errors_are_logged_without_traceback():
     aigc_record, other_record = record(BackendError("401")), record(KeyError("bug"))
     assert _NoAigcTracebacks().filter(aigc_record) and aigc_record.exc_info is None
     assert _NoAigcTracebacks().filter(other_record) and other_record.exc_info is not None  # real bugs keep theirs
+
+
+def test_batch_and_serve_check_their_inputs_first(tmp_path):
+    assert "nope.yaml" in error_line(invoke("batch", str(tmp_path / "nope.yaml")))
+    assert "unknown time zone 'Mars/Base'" in error_line(invoke("serve", "--timezone", "Mars/Base"))
+    from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON
+
+    help_text = invoke("serve", "--help").output
+    assert f"[default: {DEFAULT_CRON}]" in help_text and DEFAULT_BATCH in help_text
