@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,7 +38,8 @@ class ArticleSpec(BaseModel):
     @field_validator("topic")
     @classmethod
     def _topic(cls, v: str) -> str:
-        v = " ".join(v.split())
+        # control characters (NUL, escape sequences, ...) would go raw into the files and the index
+        v = " ".join("".join(c if c.isspace() or unicodedata.category(c) != "Cc" else "" for c in v).split())
         if not v:
             raise ValueError("the topic is empty; give what the article is about, e.g. \"Urban heat islands\"")
         if len(v) > 300:
