@@ -18,9 +18,11 @@ from aigc.errors import AigcError
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 from aigc.version import steps_version
-from flows.common import CACHE_POLICY, retry_if_retryable
+from flows.common import CACHE_POLICY
 
-RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_retryable)
+#: No Prefect retries on the steps that call a backend: the backend retries single requests itself (the openai
+#: backend: max_retries, see aigc/backends/openai.py), so the two layers never multiply.
+RETRIES: dict = dict(retries=0)
 
 
 def _store(templates_dir: str | None) -> TemplateStore:

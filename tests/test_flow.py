@@ -45,26 +45,16 @@ def test_editing_the_section_template_regenerates_sections_only(fake_backend, to
     assert record["templates"]["section"]["file"] == "article/section.j2"
 
 
-def test_retryable_backend_errors_are_retried_and_others_are_not(fake_backend, topic, tmp_path):
+def test_backend_errors_are_not_retried_by_prefect(fake_backend, topic, tmp_path):
+    """One retry layer: the backend retries its own requests (openai: max_retries); the flow's steps never do."""
     from aigc.errors import BackendError
 
-    fake_backend.fail = BackendError("401 Unauthorized", retryable=False)
-    with pytest.raises(BackendError, match="401"):
-        run(topic, tmp_path)
-    assert len(fake_backend.calls) == 1  # not retried
-
-    calls = []
-
-    def flaky(requests, _orig=fake_backend.generate):
-        calls.append(len(requests))
-        if len(calls) == 1:
-            raise BackendError("503 Service Unavailable", retryable=True)
-        fake_backend.fail = None
-        return _orig(requests)
-
-    fake_backend.generate = flaky
-    result = run(topic + " again", tmp_path)
-    assert result["status"] == "written" and calls[:2] == [1, 1]  # the outline task ran twice
+    for error in (BackendError("401 Unauthorized", retryable=False), BackendError("503 Unavailable", retryable=True)):
+        fake_backend.fail = error
+        fake_backend.calls.clear()
+        with pytest.raises(BackendError, match=str(error)):
+            run(topic, tmp_path)
+        assert len(fake_backend.calls) == 1  # the outline task ran once
 
 
 def test_cli_write_runs_the_flow_and_prints_the_files(fake_backend, topic, tmp_path):

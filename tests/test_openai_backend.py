@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,20 +170,29 @@ def test_client_errors_are_not_retryable(monkeypatch, status):
     assert str(info.value).startswith(f"openai: {status} ") and "no such model" in str(info.value)
 
 
-@pytest.mark.parametrize("exc", [httpx2.ReadTimeout, httpx2.ConnectError])
-def test_timeouts_and_connection_errors_are_retried_then_retryable(monkeypatch, exc):
+def test_connection_errors_are_retried_and_a_read_timeout_is_not(monkeypatch):
     calls = []
 
-    def handler(request):
+    def refuse(request):
         calls.append(request)
-        raise exc("simulated", request=request)
+        raise httpx2.ConnectError("simulated", request=request)
 
-    backend = make_backend(handler, monkeypatch, max_retries=1)
     with pytest.raises(BackendError) as info:
-        backend.generate([chat("hi")])
-    assert info.value.retryable is True
-    assert len(calls) == 2
-    assert "'test-model'" in str(info.value)
+        make_backend(refuse, monkeypatch, max_retries=1).generate([chat("hi")])
+    assert info.value.retryable is True and len(calls) == 2
+    assert "'test-model'" in str(info.value) and "after 2 attempts" in str(info.value)
+
+    calls.clear()
+
+    def silent(request):
+        calls.append(request)
+        raise httpx2.ReadTimeout("simulated", request=request)
+
+    with pytest.raises(BackendError) as info:
+        make_backend(silent, monkeypatch, max_retries=3).generate([chat("hi", max_new_tokens=100)])
+    # the server took the request and said nothing: asking again would only queue more work on it
+    assert info.value.retryable is False and len(calls) == 1
+    assert "no answer within 80 s (30 s + 100 tokens / 2 tokens/s)" in str(info.value)
 
 
 def test_missing_key_is_a_config_error_naming_the_variable(monkeypatch):
@@ -338,3 +350,158 @@ def test_real_server_through_the_registry_and_a_wrong_model_name(served):
     with pytest.raises(BackendError) as info:
         wrong.generate([chat("hi", max_new_tokens=4)])
     assert info.value.retryable is False and "400" in str(info.value) and "pinned" in str(info.value)
+
+
+# -- faults from real servers on 127.0.0.1 ------------------------------------------------------
+
+
+class _Faulty(BaseHTTPRequestHandler):
+    """Answers every POST as ``mode`` says: "500" always, "badjson" a 200 that is not JSON, "ok" a reply."""
+
+    mode = "ok"
+    hits: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers["content-length"]))
+        type(self).hits.append({"auth": self.headers.get("authorization"), "path": self.path})
+        status, data = {
+            "500": (500, b'{"error": {"message": "boom"}}'),
+            "badjson": (200, b'{"id": "x", "choices": [ {oops'),
+            "ok": (200, json.dumps(chat_body("fine")).encode()),
+        }[type(self).mode]
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty():
+    """A real HTTP server on loopback whose answers a test chooses (``_Faulty.mode``)."""
+    _Faulty.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_server():
+    """A socket on loopback that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", held
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def test_a_silent_server_gives_up_within_the_read_timeout_with_one_line(silent_server):
+    url, held = silent_server
+    backend = OpenAIBackend.from_options(model="m", base_url=url, timeout=2, max_retries=3)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as info:
+        backend.generate([chat("hi")])
+    seconds = time.monotonic() - started
+    assert 1.9 < seconds < backend.give_up_seconds(256) and seconds < 5
+    assert len(held) == 1  # asked once: a read timeout is not retried
+    msg = str(info.value)
+    assert msg.startswith(f"openai: no answer within 2 s (-o timeout) from {url} for model 'm'") and "\n" not in msg
+
+
+def test_the_default_read_timeout_grows_with_the_expected_output():
+    backend = OpenAIBackend.from_options(model="m", base_url="http://127.0.0.1:9/v1")
+    assert backend.read_timeout(100) == 80 and backend.read_timeout(400) == 230
+    # 3 attempts of (10 s connect + read), two waits of at most 60 s
+    assert backend.give_up_seconds(100) == 3 * 90 + 2 * 60
+
+
+def test_a_closed_port_is_tried_max_retries_plus_one_times_and_says_so():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    backend = OpenAIBackend.from_options(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as info:
+        backend.generate([chat("hi")])
+    seconds = time.monotonic() - started
+    msg = str(info.value)
+    assert msg.startswith(f"openai: cannot connect from http://127.0.0.1:{port}/v1 for model 'm'")
+    assert "after 3 attempts in" in msg and info.value.retryable and "\n" not in msg
+    assert 1.4 < seconds < 5  # waits of 0.5 s and 1 s between the attempts
+
+
+def test_always_500_makes_exactly_max_retries_plus_one_requests(faulty):
+    _Faulty.mode = "500"
+    backend = OpenAIBackend.from_options(model="m", base_url=faulty, max_retries=2)
+    with pytest.raises(BackendError) as info:
+        backend.generate([chat("hi")])
+    assert len(_Faulty.hits) == 3
+    assert str(info.value).startswith(f"openai: 500 Internal Server Error from {faulty} for model 'm': server error")
+    assert "after 3 attempts" in str(info.value)
+
+    _Faulty.hits = []
+    with pytest.raises(BackendError, match=r"\(1 attempt; max_retries=0\)$"):
+        OpenAIBackend.from_options(model="m", base_url=faulty, max_retries=0).generate([chat("hi")])
+    assert len(_Faulty.hits) == 1
+
+
+def test_malformed_json_in_a_200_names_the_server_in_one_line(faulty):
+    _Faulty.mode = "badjson"
+    with pytest.raises(BackendError) as info:
+        OpenAIBackend.from_options(model="m", base_url=faulty).generate([chat("hi")])
+    msg = str(info.value)
+    assert msg.startswith(f"openai: {faulty} answered with a body that is not an OpenAI-compatible JSON reply")
+    assert "\n" not in msg and info.value.retryable is False and len(_Faulty.hits) == 1
+
+
+def test_credentials_in_the_url_go_in_a_header_and_nowhere_else(faulty, caplog):
+    import logging
+
+    _Faulty.mode = "ok"
+    secret_url = faulty.replace("http://", "http://alice:s3cret-pw@")
+    caplog.set_level(logging.DEBUG)
+    backend = OpenAIBackend.from_options(model="m", base_url=secret_url)
+    assert backend.generate([chat("hi")])[0].text == "fine"
+    assert _Faulty.hits[-1]["auth"] == "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
+    assert backend.describe()["base_url"] == faulty
+    assert "s3cret" not in caplog.text and "HTTP Request" in caplog.text  # the HTTP log line, without the password
+    _Faulty.mode = "500"
+    with pytest.raises(BackendError) as info:
+        OpenAIBackend.from_options(model="m", base_url=secret_url, max_retries=0).generate([chat("hi")])
+    assert "s3cret" not in str(info.value) and faulty in str(info.value)
+
+
+def test_stashed_credentials_leave_the_url_and_come_back_from_the_environment(faulty, monkeypatch):
+    from aigc import credentials
+
+    monkeypatch.delenv(credentials.AUTH_ENV, raising=False)
+    public = credentials.stash(faulty.replace("http://", "http://bob:pw%40x@"))
+    assert public == faulty and os.environ[credentials.AUTH_ENV] == "bob:pw%40x"
+    _Faulty.mode = "ok"
+    OpenAIBackend.from_options(model="m", base_url=public).generate([chat("hi")])
+    assert _Faulty.hits[-1]["auth"] == "Basic " + base64.b64encode(b"bob:pw@x").decode()
+    with pytest.raises(ConfigError, match="other credentials"):
+        credentials.stash(faulty.replace("http://", "http://eve:other@"))
+    assert credentials.redact("GET http://bob:pw@h:1/v1 and https://x:y@z/") == "GET http://***@h:1/v1 and https://***@z/"

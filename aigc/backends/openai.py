@@ -1,4 +1,13 @@
-"""The ``openai`` backend: any OpenAI-compatible HTTP API (OpenAI, vLLM, ``transformers serve``), requests run concurrently."""
+"""The ``openai`` backend: any OpenAI-compatible HTTP API (OpenAI, vLLM, ``transformers serve``), requests run concurrently.
+
+Retries live here, in one place (Prefect does not retry the steps that call a backend): a request that
+could not connect, or got 408, 409, 429 or 5xx, is sent again up to ``max_retries`` times, after
+0.5, 1, 2, ... s (at most 8 s) or the server's Retry-After (at most 60 s). A server that accepted the
+request but said nothing for the read timeout is not asked again. Time to give up on one request, at most:
+``(max_retries + 1) * (connect_timeout + read timeout) + max_retries * 60 s``, where the read timeout is
+``timeout`` when set, else ``READ_START_SECONDS + max_new_tokens / min_tokens_per_second``
+(:meth:`OpenAIBackend.read_timeout`); messages say how many attempts were made.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +18,11 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, ClassVar, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc import credentials
 from aigc.backends.base import Backend, Completion, GenerationRequest, parse_options, trim_at_stop
 from aigc.errors import BackendError, ConfigError, MissingDependencyError
 
@@ -21,6 +31,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_PLACEHOLDER_KEY = "not-needed"
 MAX_API_STOPS = 4  # the OpenAI API accepts at most four stop sequences
+#: Read timeout before the first token, on top of the time the expected output takes (see OpenAIOptions).
+READ_START_SECONDS = 30.0
+#: Waits between attempts: 0.5 s, doubled each time, at most BACKOFF_MAX; a Retry-After up to RETRY_AFTER_MAX.
+BACKOFF_FIRST, BACKOFF_MAX, RETRY_AFTER_MAX = 0.5, 8.0, 60.0
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _HINTS = {
     400: "the server rejected the request",
@@ -43,9 +57,14 @@ class OpenAIOptions(BaseModel):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(8, ge=1)
-    max_retries: int = Field(4, ge=0)
-    # Seconds per request. Generous: a local server on a CPU answers one request at a time.
-    timeout: float = Field(600.0, gt=0)
+    #: Attempts after the first for connection errors, 408, 409, 429 and 5xx (the only retries aigc makes).
+    max_retries: int = Field(2, ge=0)
+    #: Seconds to open a connection.
+    connect_timeout: float = Field(10.0, gt=0)
+    #: Seconds to wait for an answer; by default READ_START_SECONDS + max_new_tokens / min_tokens_per_second.
+    timeout: float | None = Field(None, gt=0)
+    #: The slowest generation speed still waited for (a CPU server answering several requests in turn is slow).
+    min_tokens_per_second: float = Field(2.0, gt=0)
     use_completions: bool = False
 
 
@@ -62,12 +81,7 @@ def is_loopback(url: str | None) -> bool:
         return False
 
 
-def _public_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, safe to log and record."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+_public_url = credentials.public_url
 
 
 def _one_line(text: str, limit: int = 240) -> str:
@@ -85,7 +99,10 @@ class OpenAIBackend(Backend):
         self, options: OpenAIOptions | None = None, *, client: Any = None, http_client: Any = None
     ) -> None:
         self.options = options or OpenAIOptions()
-        self.base_url = self.options.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        given = self.options.base_url or os.environ.get("OPENAI_BASE_URL")
+        # credentials in the URL (or in AIGC_BASE_URL_AUTH) go in a header; the URL kept and logged has none
+        self._auth = credentials.basic_auth(given) if given else None
+        self.base_url = _public_url(given) if given else DEFAULT_BASE_URL
         self._client = client
         self._http_client = http_client
         self._lock = threading.Lock()
@@ -131,8 +148,9 @@ class OpenAIBackend(Backend):
                 self._client = openai.OpenAI(
                     api_key=self._api_key(),
                     base_url=self.base_url,
-                    max_retries=self.options.max_retries,
-                    timeout=self.options.timeout,
+                    max_retries=0,  # aigc's own loop retries (_one), with true counts and a bounded time
+                    timeout=openai.Timeout(self.options.timeout or 600.0, connect=self.options.connect_timeout),
+                    default_headers={"Authorization": self._auth} if self._auth else None,
                     http_client=self._http_client,
                 )
             return self._client
@@ -163,15 +181,44 @@ class OpenAIBackend(Backend):
                     raise fut.exception()
             return [fut.result() for fut in futures]
 
+    def read_timeout(self, max_new_tokens: int) -> float:
+        """Seconds to wait for the answer to a request of ``max_new_tokens`` once connected."""
+        if self.options.timeout is not None:
+            return self.options.timeout
+        return READ_START_SECONDS + max_new_tokens / self.options.min_tokens_per_second
+
+    def give_up_seconds(self, max_new_tokens: int) -> float:
+        """The longest one request can take before it fails: every attempt timing out, the longest waits between."""
+        retries = self.options.max_retries
+        per_try = self.options.connect_timeout + self.read_timeout(max_new_tokens)
+        return (retries + 1) * per_try + retries * RETRY_AFTER_MAX
+
     def _one(self, client: Any, request: GenerationRequest) -> Completion:
+        """One request, sent again after transient failures (connection, 408, 409, 429, 5xx) up to max_retries times."""
+        started = time.perf_counter()
+        for attempt in range(1, self.options.max_retries + 2):
+            try:
+                return self._send(client, request, started)
+            except _Attempt as failed:
+                err = failed.error
+                last = attempt > self.options.max_retries or not err.retryable
+                wait = None if last else _wait_before(failed.cause, attempt)
+                if wait is None:
+                    raise BackendError(_with_attempts(str(err), attempt, time.perf_counter() - started, err.retryable,
+                                                      failed.cause), retryable=err.retryable) from None
+                log.info("openai: attempt %d failed (%s); again in %.1f s", attempt, err, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, client: Any, request: GenerationRequest, started: float) -> Completion:
         import openai
 
-        started = time.perf_counter()
         common: dict[str, Any] = {
             "model": self.options.model,
             "max_tokens": request.max_new_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
+            "timeout": openai.Timeout(self.read_timeout(request.max_new_tokens), connect=self.options.connect_timeout),
         }
         if request.stop:
             common["stop"] = list(request.stop[:MAX_API_STOPS])
@@ -188,7 +235,12 @@ class OpenAIBackend(Backend):
                 choice = _first_choice(resp, self)
                 text = choice.text or ""
         except openai.OpenAIError as err:
-            raise self._map_error(err) from None
+            raise _Attempt(self._map_error(err, request.max_new_tokens), err) from None
+        except ValueError as err:  # a 200 whose body is not JSON (json.JSONDecodeError), or not the API's shape
+            raise BackendError(self._redact(
+                f"openai: {self.base_url} answered with a body that is not an OpenAI-compatible JSON reply for model "
+                f"{self.options.model!r} ({_one_line(str(err), 80)}); is base_url the server's API, such as "
+                "http://host:8000/v1?"), retryable=False) from None
         finish = {"length": "length", "content_filter": "error"}.get(choice.finish_reason or "stop", "stop")
         # the API takes four stops and may echo the one it stopped at (transformers serve does): cut client-side
         text, cut = trim_at_stop(text, request.stop)
@@ -203,25 +255,32 @@ class OpenAIBackend(Backend):
             seconds=time.perf_counter() - started,
         )
 
-    def _map_error(self, err: Exception) -> BackendError:
+    def _map_error(self, err: Exception, max_new_tokens: int) -> BackendError:
         """One line naming the status, server and model; never the key. Transient kinds are retryable."""
         import openai
 
-        where = f"from {_public_url(self.base_url)} for model {self.options.model!r}"
-        retries = getattr(self._client, "max_retries", None)
-        after = f"after {retries} retries" if retries else "without retries"
+        where = f"from {self.base_url} for model {self.options.model!r}"
         status = getattr(err, "status_code", None)
         if isinstance(err, openai.APITimeoutError):
-            msg, retryable = f"openai: request timed out {after} {where}", True
+            cause = err.__cause__
+            if cause is not None and "connect" in type(cause).__name__.lower():
+                msg, retryable = (f"openai: cannot connect {where} within {self.options.connect_timeout:g} s "
+                                  "(connect_timeout); is the server running and reachable?"), True
+            else:
+                read = self.read_timeout(max_new_tokens)
+                how = ("-o timeout" if self.options.timeout is not None else
+                       f"{READ_START_SECONDS:g} s + {max_new_tokens} tokens / {self.options.min_tokens_per_second:g} "
+                       "tokens/s")
+                msg, retryable = (f"openai: no answer within {read:g} s ({how}) {where}: the server took the request "
+                                  "and did not reply; is it overloaded or stuck? (-o timeout=SECONDS waits longer)"), False
         elif isinstance(err, openai.APIConnectionError):
             cause = _one_line(repr(err.__cause__)) if err.__cause__ else "connection error"
-            msg, retryable = f"openai: cannot connect {after} {where} ({cause}); is the server running?", True
+            msg, retryable = f"openai: cannot connect {where} ({cause}); is the server running?", True
         elif isinstance(err, openai.APIStatusError) and status is not None:
             retryable = status in (408, 409, 429) or status >= 500
             reason = getattr(err.response, "reason_phrase", "") or ""
             hint = _HINTS.get(status, "server error" if status >= 500 else "request failed")
-            hint = hint.format(env=self.options.api_key_env) + (f" ({after})" if retryable else "")
-            msg = f"openai: {status} {reason} {where}: {hint}"
+            msg = f"openai: {status} {reason} {where}: {hint.format(env=self.options.api_key_env)}"
             detail = _one_line(_server_detail(err))
             if detail and not retryable:
                 msg += f": {detail}"
@@ -235,6 +294,43 @@ class OpenAIBackend(Backend):
         for secret in {key, client_key} - {"", LOCAL_PLACEHOLDER_KEY}:
             text = text.replace(secret, "***")
         return text
+
+
+class _Attempt(Exception):
+    """One failed attempt: the mapped error and the client's exception (for Retry-After)."""
+
+    def __init__(self, error: BackendError, cause: Exception):
+        super().__init__(str(error))
+        self.error, self.cause = error, cause
+
+
+def _retry_after(err: Exception) -> float | None:
+    """The server's Retry-After (``retry-after-ms`` or ``retry-after`` seconds), if it sent one."""
+    headers = getattr(getattr(err, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers[name]) * scale)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def _wait_before(err: Exception, attempt: int) -> float | None:
+    """Seconds to wait before attempt ``attempt + 1``; None when the server asks for longer than RETRY_AFTER_MAX."""
+    asked = _retry_after(err)
+    if asked is not None:
+        return asked if asked <= RETRY_AFTER_MAX else None
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1))
+
+
+def _with_attempts(msg: str, attempts: int, seconds: float, retryable: bool, err: Exception) -> str:
+    """The error line with the true number of attempts (the client itself never retries)."""
+    if attempts > 1:
+        return f"{msg} (after {attempts} attempts in {seconds:.1f} s)"
+    asked = _retry_after(err)
+    if retryable and asked is not None and asked > RETRY_AFTER_MAX:
+        return f"{msg} (the server asks to wait {asked:.0f} s; not retried)"
+    return msg + (" (1 attempt; max_retries=0)" if retryable else "")
 
 
 def _server_detail(err: Any) -> str:
