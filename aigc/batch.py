@@ -203,6 +203,10 @@ def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[st
             raise InputError(f"{where}: backend_options ({name}): must be a mapping of option: value")
         options.update(extra)
         options.update({k: layer[k] for k in ("model", "base_url") if layer.get(k) is not None})
+    if isinstance(options.get("base_url"), str):  # user:password@ moves to the environment (aigc.credentials)
+        from aigc.credentials import stash
+
+        options["base_url"] = stash(options["base_url"])
     merged = {k: v for k, v in {**base, **values}.items() if k not in BACKEND_FIELDS}
     merged["backend_options"] = options
     outline = merged.get("outline")
@@ -211,7 +215,7 @@ def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[st
             outline = [t for t in outline.splitlines() if t.strip()]
         if not isinstance(outline, list) or not all(isinstance(t, str) for t in outline):
             raise InputError(f"{where}: outline: must be a list of section titles")
-        from aigc.outline import given_outline
+        from aigc.outline_parse import given_outline
 
         merged["outline"] = tuple(given_outline(outline, source=f"{where}: outline"))
         if "sections" in values and int(values["sections"]) != len(merged["outline"]):

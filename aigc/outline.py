@@ -1,193 +1,131 @@
-"""The outline step: prompt for section titles, parse whatever the model wrote, validate, retry."""
+"""The outline step: ask for several outlines at once, pool their titles, choose the best, and ask again for what is missing."""
 
 from __future__ import annotations
 
 import logging
-import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
-from aigc.errors import InputError, OutlineError
+from aigc.errors import OutlineError
+from aigc.outline_parse import (  # noqa: F401  (re-exported: the outline step's parsing lives there)
+    MAX_TITLE_CHARS,
+    MAX_TITLE_WORDS,
+    clean_title,
+    given_outline,
+    parse_outline,
+    validate_outline,
+)
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 
 log = logging.getLogger(__name__)
 
-MAX_TITLE_WORDS = 14
-MAX_TITLE_CHARS = 100
-
-_NUMBERED = re.compile(
-    r"^\s*(?:(?:section|part|chapter)\s+)?(?:\d{1,2}|[ivxlc]{1,5}|[a-z])\s*[.):\-–—]\s+(?P<t>.+)$", re.I
-)
-_SECTION_WORD = re.compile(
-    r"^\s*(?:section|part|chapter)\s+(?:\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|[ivx]{1,4})\b\s*[:.\-–—]?\s*(?P<t>.*)$",
-    re.I,
-)
-_HEADING = re.compile(r"^\s*#{1,6}\s+(?P<t>.+?)\s*#*\s*$")
-_BULLET = re.compile(r"^\s*[-*•+]\s+(?P<t>.+)$")
-_BOLD_LINE = re.compile(r"^\s*\*\*(?P<t>[^*]{2,}?)\*\*:?\s*$")
-_PREFIX_NOISE = re.compile(r"^(?:title|outline|heading|section title|topic)\s*\d{0,2}\s*[:.\-–—]\s*", re.I)
+#: Rounds of asking for the missing titles (a request that lists the titles so far) before giving up.
+FOLLOW_UP_ROUNDS = 2
+#: Requests per article in a follow-up round.
+FOLLOW_UP_REQUESTS = 2
+#: Seeds of follow-up rounds start this far from the article's seed.
+FOLLOW_UP_SEED_OFFSET = 100
 
 
-def clean_title(raw: str) -> str:
-    """Strip list markers, emphasis, quotes, trailing punctuation and 'Section 2:' prefixes."""
-    t = raw.strip()
-    for _ in range(3):
-        m = _SECTION_WORD.match(t)
-        if m and m.group("t").strip():
-            t = m.group("t")
-        m = _NUMBERED.match(t)
-        if m:
-            t = m.group("t")
-        t = re.sub(r"^[#*_`\s]+|[*_`\s]+$", "", t)
-        t = _PREFIX_NOISE.sub("", t)
-    t = re.sub(r"\*\*|__|`", "", t)
-    # "Title: a long description of it" -> keep the title part
-    if len(t.split()) > MAX_TITLE_WORDS and ":" in t:
-        t = t.partition(":")[0]
-    t = t.strip(" \t\"'“”‘’.:;,-–—")
-    return re.sub(r"\s+", " ", t)
+def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, titles_so_far: Sequence[str] = (),
+                     seed_offset: int = 0) -> list[GenerationRequest]:
+    """``count`` outline requests for ``spec`` (candidates), each with its own seed.
 
-
-_CHATTER = re.compile(
-    r"^(?:here(?:'s| is| are)|sure|certainly|okay|of course|below (?:is|are)|the following|i hope|let me)\b"
-    r"|\b(?:outline|section titles?)\s+(?:for|of|about)\b",
-    re.I,
-)
-
-
-def _is_title(t: str) -> bool:
-    words = t.split()
-    return (bool(words) and len(words) <= MAX_TITLE_WORDS and len(t) <= MAX_TITLE_CHARS
-            and any(c.isalpha() for c in t) and not _CHATTER.search(t))
-
-
-def parse_outline(text: str) -> list[str]:
-    """Section titles from a model's outline: numbered lists, headings, bullets or short lines.
-
-    Indented sub-items and prose around the list are ignored; duplicates are dropped.
+    With ``titles_so_far`` the template asks only for the missing titles, continuing the numbered list.
     """
-    lines = [ln.rstrip() for ln in text.replace("\r", "").split("\n")]
-    kinds: dict[str, list[str]] = {"numbered": [], "heading": [], "bullet": [], "bold": [], "plain": []}
-    for ln in lines:
-        if not ln.strip():
-            continue
-        indent = len(ln) - len(ln.lstrip())
-        if _HEADING.match(ln):
-            kinds["heading"].append(_HEADING.match(ln).group("t"))
-        elif (_NUMBERED.match(ln) or _SECTION_WORD.match(ln)) and indent < 2:
-            kinds["numbered"].append(ln)
-        elif _BULLET.match(ln) and indent < 2:
-            kinds["bullet"].append(_BULLET.match(ln).group("t"))
-        elif _BOLD_LINE.match(ln):
-            kinds["bold"].append(_BOLD_LINE.match(ln).group("t"))
-        elif indent < 2 and not ln.rstrip().endswith((".", "?", "!")) or len(ln.split()) <= 6:
-            kinds["plain"].append(ln)
-    for kind in ("numbered", "heading", "bold", "bullet", "plain"):
-        titles = _dedupe(clean_title(t) for t in kinds[kind])
-        titles = [t for t in titles if _is_title(t)]
-        if len(titles) >= 2:
-            return titles
-    return []
-
-
-def _dedupe(titles) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for t in titles:
-        key = re.sub(r"\W+", " ", t.lower()).strip()
-        if key and key not in seen:
-            seen.add(key)
-            out.append(t)
-    return out
-
-
-def validate_outline(titles: Sequence[str], n_sections: int, *, topic: str = "") -> list[str]:
-    """Check and normalise an outline; raise OutlineError saying what is wrong."""
-    cleaned = [clean_title(t) for t in titles]
-    topic_key = re.sub(r"\W+", " ", topic.lower()).strip()
-    kept = [t for t in _dedupe(cleaned) if _is_title(t) and re.sub(r"\W+", " ", t.lower()).strip() != topic_key]
-    if any(not t for t in cleaned):
-        raise OutlineError("the outline has an empty section title")
-    if len(kept) < n_sections:
-        raise OutlineError(f"the outline has {len(kept)} usable section titles, {n_sections} were asked for")
-    return kept[:n_sections]
-
-
-def given_outline(titles: Sequence[str], *, source: str = "--outline") -> list[str]:
-    """Validate an outline the user supplied (no model call); errors name where it came from."""
-    cleaned = [clean_title(t) for t in titles if t.strip()]
-    if not cleaned:
-        raise InputError(f"{source}: the outline is empty; give one section title per line")
-    for i, t in enumerate(cleaned, 1):
-        if not _is_title(t):
-            raise InputError(f"{source}: section {i} title {t!r} is not a usable title (1-{MAX_TITLE_WORDS} words)")
-    if len(_dedupe(cleaned)) != len(cleaned):
-        raise InputError(f"{source}: the outline repeats a section title; titles must be unique")
-    return cleaned
-
-
-def outline_requests(spec: ArticleSpec, store: TemplateStore, *, attempts: int) -> list[GenerationRequest]:
-    """One outline request per attempt, each with its own seed."""
-    rendered = store.render_messages(store.template_name(spec.style, "outline"), spec.template_context())
+    context = spec.template_context(titles_so_far=list(titles_so_far))
+    rendered = store.render_messages(store.template_name(spec.style, "outline"), context)
     return [
         GenerationRequest(
             messages=rendered.messages,
             max_new_tokens=spec.outline_tokens,
             temperature=spec.temperature,
             top_p=spec.top_p,
-            seed=spec.seed + attempt,
+            seed=spec.seed + seed_offset + c,
             # stop before an item past the ones asked for
             stop=(f"\n{spec.sections + 1}.",),
             purpose="outline",
         )
-        for attempt in range(attempts)
+        for c in range(count)
     ]
 
 
-def generate_outlines(
-    backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore, *, attempts: int = 3
-) -> list[dict | OutlineError]:
-    """Outlines of several articles: each round is one batched call for every article still without one.
+def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list[str]]:
+    """Which titles come first and last, as the style's outline template says (blocks first_sections, last_sections)."""
+    blocks = store.render_blocks(store.template_name(spec.style, "outline"), spec.template_context(titles_so_far=[]),
+                                 ["first_sections", "last_sections"])
+    split = lambda text: [c.strip().lower() for c in text.split(",") if c.strip()]  # noqa: E731
+    return split(blocks["first_sections"]), split(blocks["last_sections"])
 
-    Returns, per spec, ``{"titles", "attempts", "raw", usage...}`` or the OutlineError that says why
-    it has none; one article's unusable outline never stops the others.
+
+def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str]]) -> dict[str, Any]:
+    from aigc import outline_pool as op
+
+    pool = op.merge_similar(op.pool_titles(texts, spec.topic))
+    titles, scores = op.select_titles(pool, spec.sections, spec.topic, first_cues=cues[0] or None,
+                                      last_cues=cues[1] or None, n_candidates=len(texts))
+    return {"titles": titles, "selection": op.selection_record(texts, pool, titles, scores, spec.sections)}
+
+
+def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore) -> list[dict | OutlineError]:
+    """Outlines of several articles, from candidates asked for in one batched call.
+
+    Each article gets ``spec.outline_candidates`` requests in the first call; their titles are pooled,
+    near-duplicates merged, and the requested number chosen by score (``aigc.outline_pool``). An
+    article still short of titles is asked for the missing ones (listing those it has) in up to
+    ``FOLLOW_UP_ROUNDS`` more calls, shared by all such articles. Returns per spec ``{"titles",
+    "attempts", "selection", usage...}`` or the OutlineError that says what the model returned.
     """
-    requests = [outline_requests(spec, store, attempts=attempts) for spec in specs]
-    results: list[dict | OutlineError | None] = [None] * len(specs)
-    problems: list[list[str]] = [[] for _ in specs]
+    cues = [order_cues(spec, store) for spec in specs]
+    texts: list[list[str]] = [[] for _ in specs]
     usage = [{"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0} for _ in specs]
+    chosen: list[dict[str, Any]] = [{"titles": []} for _ in specs]
     pending = list(range(len(specs)))
-    for attempt in range(attempts):
+    rounds = 0
+    for round_ in range(1 + FOLLOW_UP_ROUNDS):
         if not pending:
             break
-        completions = generate_with_prefill(backend, [requests[i][attempt] for i in pending])
-        still = []
-        for i, completion in zip(pending, completions):
-            used = usage[i]
-            used["prompt_tokens"] += completion.prompt_tokens
-            used["completion_tokens"] += completion.completion_tokens
-            used["seconds"] += completion.seconds
-            try:
-                titles = validate_outline(parse_outline(completion.text), specs[i].sections, topic=specs[i].topic)
-            except OutlineError as err:
-                problems[i].append(str(err))
-                log.warning("%s: outline attempt %d/%d unusable (%s)", specs[i].topic, attempt + 1, attempts, err)
-                still.append(i)
-                continue
-            results[i] = {"titles": titles, "attempts": attempt + 1, "raw": completion.text, **used}
-        pending = still
-    for i in pending:
-        results[i] = OutlineError(
-            f"no usable outline after {attempts} attempts ({problems[i][-1]}); "
-            "try another --seed, fewer --sections, or pass --outline"
-        )
-    return results  # type: ignore[return-value]
+        rounds = round_ + 1
+        asked = []
+        for i in pending:
+            spec = specs[i]
+            if round_ == 0:
+                reqs = outline_requests(spec, store, count=spec.outline_candidates)
+            else:
+                reqs = outline_requests(spec, store, count=FOLLOW_UP_REQUESTS, titles_so_far=chosen[i]["titles"],
+                                        seed_offset=FOLLOW_UP_SEED_OFFSET * round_)
+                log.info("%s: %d of %d outline titles usable; asking for the missing ones", spec.topic,
+                         len(chosen[i]["titles"]), spec.sections)
+            asked += [(i, r) for r in reqs]
+        completions = generate_with_prefill(backend, [r for _, r in asked])
+        for (i, _), completion in zip(asked, completions):
+            texts[i].append(completion.text)
+            for key in usage[i]:
+                usage[i][key] += getattr(completion, key)
+        for i in pending:
+            chosen[i] = _choose(specs[i], texts[i], cues[i])
+        pending = [i for i in pending if len(chosen[i]["titles"]) < specs[i].sections]
+    results: list[dict | OutlineError] = []
+    for i, spec in enumerate(specs):
+        if i in pending:
+            results.append(OutlineError(_shortfall(spec, chosen[i]["titles"], texts[i], rounds)))
+        else:
+            results.append({**chosen[i], "attempts": rounds, **usage[i]})
+    return results
 
 
-def generate_outline(backend: Backend, spec: ArticleSpec, store: TemplateStore, *, attempts: int = 3) -> dict:
+def _shortfall(spec: ArticleSpec, titles: Sequence[str], texts: Sequence[str], rounds: int) -> str:
+    """One line: how many usable titles the model gave, a glimpse of what it wrote, and what to try."""
+    sample = next((" ".join(t.split()) for t in texts if any(c.isalpha() for c in t)), "")
+    wrote = f"it wrote e.g. {sample[:80]!r}" if sample else "it wrote no text"
+    return (f"no usable outline: {len(texts)} replies in {rounds} rounds gave {len(titles)} usable section titles, "
+            f"{spec.sections} were asked for ({wrote}); try fewer --sections, another --seed, or pass --outline")
+
+
+def generate_outline(backend: Backend, spec: ArticleSpec, store: TemplateStore) -> dict:
     """The outline of one article (see :func:`generate_outlines`); raises OutlineError when it has none."""
-    result = generate_outlines(backend, [spec], store, attempts=attempts)[0]
+    result = generate_outlines(backend, [spec], store)[0]
     if isinstance(result, Exception):
         raise result
     return result

@@ -6,7 +6,7 @@ rows; default :func:`aigc.embeddings.embed`), so tests can pass a fake one.
 The steps, as ``aigc.outline`` calls them::
 
     pool = pool_titles(candidate_texts, topic)          # parse leniently, exact duplicates pooled
-    pool = merge_similar(pool, embed=embed)             # near-duplicates merged (cosine >= MERGE_THRESHOLD)
+    pool = merge_similar(pool, embed=embed, topic=topic)  # near-duplicates merged (cosine >= MERGE_THRESHOLD)
     titles, scores = select_titles(pool, n, topic, embed=embed, first_cues=..., last_cues=...)
     record = selection_record(candidate_texts, pool, titles, scores, n)
 
@@ -255,9 +255,17 @@ def _embed_pool(pool: Sequence[Candidate], embed: Embed) -> None:
             c.vector = v / (np.linalg.norm(v) or 1.0)
 
 
+def _contains(a: str, b: str, topic_words: set[str]) -> bool:
+    """Whether title ``a``'s own words (not the topic's, not stop words) are all in ``b``'s: "Background" in
+    "Background of the attack"; "The bombing" is not in "Victims of the bombing" for "2022 Istanbul bombing"."""
+    wa = set(_words(a)) - _STOP - topic_words
+    return bool(wa) and wa <= set(_words(b)) - _STOP
+
+
 def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
-                  threshold: float = MERGE_THRESHOLD) -> list[Candidate]:
-    """Merge titles whose embeddings have cosine >= ``threshold`` into one candidate.
+                  threshold: float = MERGE_THRESHOLD, topic: str = "") -> list[Candidate]:
+    """Merge titles whose embeddings have cosine >= ``threshold``, or whose own words (beyond ``topic``'s) are
+    all in another's ("History" and "History of Tartus"), into one candidate.
 
     Better-supported titles absorb the others; the merged candidate keeps every variant, source and
     position, its support counts the texts that proposed any of them, and its title is the best-formed
@@ -270,6 +278,11 @@ def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
     order = sorted(range(len(pool)), key=lambda i: (-pool[i].support, -title_form(pool[i].title), i))
     vectors = np.stack([c.vector for c in pool])
     sims = vectors @ vectors.T
+    topic_words = set(_words(topic)) - _STOP
+    for i, a in enumerate(pool):
+        for j, b in enumerate(pool):
+            if i != j and (_contains(a.title, b.title, topic_words) or _contains(b.title, a.title, topic_words)):
+                sims[i, j] = 1.0
     head_of: dict[int, int] = {}
     for i in order:
         if i in head_of:

@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 from aigc.assemble import build_record, inputs_key, render_document, render_page
 from aigc.backends import Backend, get_backend
 from aigc.errors import AigcError
-from aigc.outline import generate_outlines, given_outline
+from aigc.outline import generate_outlines
+from aigc.outline_parse import given_outline
 from aigc.outputs import slugify, write_article_files
 from aigc.paths import outputs_dir
 from aigc.sections import expand_sections
@@ -142,6 +143,11 @@ def assemble_article(
         timings=timings, key=key, markdown_text=md,
     )
     record["articles_together"] = batch_size
+    if outline.get("selection"):  # the candidates, the pooled titles, the chosen ones and their scores
+        record["outline"]["selection"] = outline["selection"]
+    record["generation"]["outline_candidates"] = spec.outline_candidates
+    record["generation"]["section_candidates"] = max((len(s.get("candidates", ())) or 1
+                                                      for s in sections["sections"]), default=1)
     return {
         "slug": slugify(spec.topic),
         "inputs_key": key,

@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 #: Outline titles the fake writes when no reply is queued (as many as any test asks for).
-FAKE_TITLES = [f"Part {chr(65 + i)} of the story" for i in range(20)]
+FAKE_TITLES = ["Background and history", "How it works", "Costs and funding", "Effects on health", "Who is affected",
+               "Rules and laws", "Technology used", "Public opinion", "Famous examples", "Common mistakes",
+               "Effects on nature", "Work and jobs", "Schools and learning", "Travel and transport", "Food and farming",
+               "Sports and games", "Art and music", "Money and markets", "Safety tips", "The road ahead"]
 
 
 def default_reply(request: GenerationRequest, number: int) -> str:

@@ -78,22 +78,63 @@ def test_given_outline_errors_name_the_source():
         given_outline(["One", "one"], source="plan.txt")
 
 
-def test_bad_outline_is_retried_with_another_seed_then_succeeds(fake_backend):
-    fake_backend.enqueue(" I am not sure what you mean.", " Causes\n2. Effects\n3. Remedies")
-    spec = ArticleSpec(topic="Urban heat islands", sections=3, seed=7, backend="fake")
+def test_candidates_share_one_call_and_their_titles_are_pooled(fake_backend):
+    fake_backend.enqueue(" Causes of heat\n2. Effects on health\n3. Cooling the city",
+                         " Why cities are hotter\n2. Effects on health\n3. Green roofs",
+                         " I am not sure what you mean.",
+                         " Causes of the heat\n2. Health effects\n3. Cooling the city")
+    spec = ArticleSpec(topic="Urban heat islands", sections=3, seed=7, backend="fake", outline_candidates=4)
     result = generate_outline(fake_backend, spec, TemplateStore())
-    assert result["titles"] == ["Causes", "Effects", "Remedies"]
-    assert result["attempts"] == 2
-    assert [r.seed for r in fake_backend.requests] == [7, 8]
+    assert len(fake_backend.calls) == 1 and [r.seed for r in fake_backend.calls[0]] == [7, 8, 9, 10]
     assert fake_backend.requests[0].stop == ("\n4.",)
+    titles = result["titles"]
+    assert len(titles) == 3 and len({t.lower() for t in titles}) == 3
+    # the titles most candidates proposed win; near-duplicates ("Health effects") were merged, not chosen twice
+    assert "Effects on health" in titles and "Cooling the city" in titles and "Health effects" not in titles
+    selection = result["selection"]
+    assert len(selection["candidates"]) == 4 and selection["titles"] == titles and selection["missing"] == 0
+    assert result["attempts"] == 1
 
 
-def test_outline_fails_with_a_clear_error_after_the_attempts(fake_backend):
-    fake_backend.enqueue(*[" Nothing useful here at all, just one long rambling sentence of prose."] * 3)
-    spec = ArticleSpec(topic="Urban heat islands", sections=3, backend="fake")
-    with pytest.raises(OutlineError, match="no usable outline after 3 attempts.*--outline"):
+def test_a_short_pool_asks_for_the_missing_titles_listing_the_ones_so_far(fake_backend):
+    junk = " I am not sure what you mean by that, so here is a long sentence of prose instead of any list."
+    fake_backend.enqueue(" Causes of heat\n2. Causes of heat", " Causes of heat", junk, junk,
+                         " Green roofs and trees\n3. What cities can do", " Green roofs")
+    spec = ArticleSpec(topic="Urban heat islands", sections=3, seed=7, backend="fake", outline_candidates=4)
+    result = generate_outline(fake_backend, spec, TemplateStore())
+    assert [len(c) for c in fake_backend.calls] == [4, 2]
+    follow_up = fake_backend.calls[1][0]
+    assert "has these sections so far:\n1. Causes of heat" in follow_up.messages[1].content
+    assert follow_up.messages[-1].content == "2."  # the list goes on from the titles it has
+    assert sorted(result["titles"]) == ["Causes of heat", "Green roofs and trees", "What cities can do"]
+    assert result["attempts"] == 2
+
+
+@pytest.mark.parametrize("reply", ["", "Urban heat islands", " 1. Urban heat islands\n2. Urban heat islands",
+                                   "Write an outline for an article about \"Urban heat islands\""])
+def test_bad_replies_give_one_clear_line_or_an_outline(fake_backend, reply):
+    spec = ArticleSpec(topic="Urban heat islands", sections=3, backend="fake", outline_candidates=2)
+    fake_backend.enqueue(*[reply] * 6)
+    with pytest.raises(OutlineError) as err:
         generate_outline(fake_backend, spec, TemplateStore())
-    assert len(fake_backend.calls) == 3
+    message = str(err.value)
+    assert "\n" not in message and "were asked for" in message and "--outline" in message
+    assert ("it wrote no text" in message) if not reply.strip() else ("it wrote e.g." in message)
+
+
+def test_a_title_repeating_the_topic_is_rewritten_not_fatal(fake_backend):
+    fake_backend.enqueue(" Why Libraries Lend Tools\n2. Tools people borrow", " Why libraries lend tools\n2. Tools people borrow")
+    spec = ArticleSpec(topic="Why libraries lend tools", sections=2, backend="fake", outline_candidates=2)
+    titles = generate_outline(fake_backend, spec, TemplateStore())["titles"]
+    assert len(titles) == 2 and "Tools people borrow" in titles
+    assert not any(t.lower() == "why libraries lend tools" for t in titles)
+
+
+def test_the_report_style_puts_its_summary_first_and_recommendations_last(fake_backend):
+    fake_backend.enqueue(" Recommendations\n2. Causes of heat\n3. Summary\n4. Effects on health")
+    spec = ArticleSpec(topic="Urban heat islands", style="report", sections=4, backend="fake", outline_candidates=1)
+    titles = generate_outline(fake_backend, spec, TemplateStore())["titles"]
+    assert titles[0] == "Summary" and titles[-1] == "Recommendations"
 
 
 def test_numbered_title_prefixes_and_stray_quotes_from_the_openai_path():

@@ -8,12 +8,15 @@ from aigc.errors import OutlineError
 from aigc.pipeline import write_article, write_articles
 from aigc.spec import ArticleSpec
 
+OUTLINE = " Causes of heat\n2. Effects on health\n3. Cooling the city"
 SECTION = "Fine text for {}. It has enough words to count as a body here, and one more sentence to be sure."
 
 
 @pytest.fixture
 def spec():
-    return ArticleSpec(topic="Urban heat islands", style="article", sections=3, words=180, seed=5, backend="fake")
+    # one outline candidate, so that queued replies map to requests simply (candidates: tests/test_outline.py)
+    return ArticleSpec(topic="Urban heat islands", style="article", sections=3, words=180, seed=5, backend="fake",
+                       outline_candidates=1)
 
 
 def test_article_from_topic_to_three_files(fake_backend, spec, tmp_path):
@@ -28,13 +31,14 @@ def test_article_from_topic_to_three_files(fake_backend, spec, tmp_path):
 
 
 def test_sections_are_expanded_in_one_batch(fake_backend, spec, tmp_path):
-    write_article(spec, backend=fake_backend, root=tmp_path / "out")
+    titles = write_article(spec, backend=fake_backend, root=tmp_path / "out").record["outline"]["titles"]
+    assert len(titles) == 3
     outline_call, sections_call = fake_backend.calls
     assert [r.purpose for r in outline_call] == ["outline"] and [r.purpose for r in sections_call] == ["section"] * 3
     prompts = [r.messages[-1].content for r in sections_call]
     for i, prompt in enumerate(prompts, 1):
         assert "Urban heat islands" in prompt
-        assert "1. Part A of the story\n2. Part B of the story\n3. Part C of the story" in prompt  # the outline
+        assert "".join(f"{n}. {t}\n" for n, t in enumerate(titles, 1)) in prompt  # the outline
         assert f"Write section {i}," in prompt
         assert "in about 60 words" in prompt  # 180 words / 3 sections
     assert {r.max_new_tokens for r in sections_call} == {spec.section_tokens}
@@ -46,7 +50,7 @@ def test_articles_of_a_batch_share_one_outline_call_and_one_sections_call(fake_b
     results = write_articles(specs, backend=fake_backend, root=tmp_path / "out")
     assert [r.status for r in results] == ["written"] * 3
     outline_call, sections_call = fake_backend.calls
-    assert len(outline_call) == 3 and len(sections_call) == 2 + 3 + 4
+    assert len(outline_call) == 3 * 4 and len(sections_call) == 2 + 3 + 4  # 4 outline candidates each
     assert [r.messages[-1].content.count('"') >= 2 for r in sections_call] == [True] * 9
     assert [json.loads((r.folder / "article.json").read_text())["articles_together"] for r in results] == [3, 3, 3]
     # the shared steps' wall times are recorded as they were, the same for all three
@@ -55,19 +59,20 @@ def test_articles_of_a_batch_share_one_outline_call_and_one_sections_call(fake_b
 
 
 def test_one_unusable_outline_does_not_stop_the_other_articles(fake_backend, tmp_path):
-    specs = [ArticleSpec(topic="Tides", sections=2, words=100, backend="fake"),
-             ArticleSpec(topic="Snow", sections=2, words=100, backend="fake")]
+    specs = [ArticleSpec(topic="Tides", sections=2, words=100, backend="fake", outline_candidates=1),
+             ArticleSpec(topic="Snow", sections=2, words=100, backend="fake", outline_candidates=1)]
     junk = " I cannot help with that, but here is a long sentence instead of any list."
-    fake_backend.enqueue(" Why tides happen\n2. Spring tides", junk, junk, junk)  # Snow: 3 unusable attempts
+    fake_backend.enqueue(" Why tides happen\n2. Spring tides", *[junk] * 5)  # Snow: nothing usable, ever
     tides, snow = write_articles(specs, backend=fake_backend, root=tmp_path / "out")
     assert tides.status == "written" and isinstance(snow, OutlineError)
-    assert "no usable outline after 3 attempts" in str(snow)
-    assert [len(c) for c in fake_backend.calls] == [2, 1, 1, 2]  # both outlines, then Snow alone twice, then Tides' sections
+    assert "no usable outline: 5 replies in 3 rounds gave 0 usable section titles, 2 were asked for" in str(snow)
+    assert "I cannot help with that" in str(snow) and "--outline" in str(snow)
+    assert [len(c) for c in fake_backend.calls] == [2, 2, 2, 2]  # both outlines, then Snow twice 2 more, then Tides' sections
     assert not (tmp_path / "out" / "snow").exists()
 
 
 def test_empty_section_is_generated_again(fake_backend, spec, tmp_path):
-    fake_backend.enqueue(" One\n2. Two\n3. Three", SECTION.format("one"), "## Two", SECTION.format("three"))
+    fake_backend.enqueue(OUTLINE, SECTION.format("one"), "## Effects on health", SECTION.format("three"))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     assert len(fake_backend.calls) == 3 and len(fake_backend.calls[2]) == 1
     assert fake_backend.calls[2][0].seed == 5 + 1000
@@ -94,13 +99,14 @@ def test_record_says_how_it_was_made(fake_backend, spec, tmp_path, monkeypatch):
 
 
 def test_html_is_standalone_and_escapes_model_html(fake_backend, spec, tmp_path):
-    fake_backend.enqueue(" One\n2. Two\n3. Three", *["Text with <script>alert(1)</script> inside it, said the model. "
+    fake_backend.enqueue(OUTLINE, *["Text with <script>alert(1)</script> inside it, said the model. "
                                                        "Then it wrote a second, longer sentence about heat."] * 3)
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
     html = (result.folder / "article.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<title>Urban heat islands</title>" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert '<a href="#one">One</a>' in html and '<h2 id="one">One</h2>' in html  # contents link to headings
+    assert '<a href="#causes-of-heat">Causes of heat</a>' in html  # contents link to headings
+    assert '<h2 id="causes-of-heat">Causes of heat</h2>' in html
 
 
 def test_given_outline_skips_the_outline_step(fake_backend, tmp_path):

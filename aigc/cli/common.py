@@ -44,7 +44,7 @@ def read_outline(value: str | None) -> tuple[str, ...] | None:
             text, source = path.read_text("utf-8"), str(path)
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"--outline {value}: cannot read it as UTF-8 text ({err})") from None
-    from aigc.outline import given_outline
+    from aigc.outline_parse import given_outline
 
     return tuple(given_outline(text.splitlines(), source=source))
 
@@ -66,10 +66,25 @@ def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
 def backend_options(model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                     concurrency: int | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Backend options from CLI flags (``-o`` pairs first, then the named flags); only those given are set."""
+    from aigc.credentials import stash
+
     options = parse_option_pairs(extra)
     named = {"model": model, "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}
     options.update({k: v for k, v in named.items() if v})
+    if isinstance(options.get("base_url"), str):  # user:password@ goes to the environment, never into a flow run
+        options["base_url"] = stash(options["base_url"])
     return options
+
+
+def check_local_model(spec, where: str) -> None:
+    """A local model given as a folder must exist: said now, not after a Prefect run has started."""
+    from aigc.backends.local.loading import is_path_like
+
+    model = spec.backend_options.get("model")
+    if spec.backend == "local" and isinstance(model, str) and is_path_like(model):
+        if not Path(model).expanduser().is_dir():
+            raise InputError(f"{where}: model {model}: no such folder; give a folder saved with save_pretrained(), "
+                             "a cached hub id, or 'embedded'")
 
 
 class _NoAigcTracebacks(logging.Filter):
