@@ -151,7 +151,7 @@ def shared_model(key: tuple, load: Callable[[], LoadedModel]) -> LoadedModel:
 
 
 def loaded_models() -> list[tuple]:
-    """Keys ``(path, device, dtype, fast path)`` of the models loaded in this process."""
+    """Keys ``(path, device, dtype, linear kernels, decode step)`` of the models loaded in this process."""
     return list(_MODELS)
 
 
