@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
@@ -14,6 +17,9 @@ from aigc.errors import OutputError
 
 FILES = ("article.md", "article.html", "article.json")
 MAX_SLUG = 60
+#: In an outputs folder: held (flock) while an article is checked for and moved into place, so that two
+#: processes or machines writing the same article never both write it (released when a process dies).
+WRITE_LOCK = ".aigc-write.lock"
 
 
 def slugify(text: str, fallback: str = "article") -> str:
@@ -45,6 +51,40 @@ def find_existing(root: Path, slug: str, inputs_key: str) -> Path | None:
     return None
 
 
+def _reason(err: OSError) -> str:
+    """What an OSError means for the user, in a few words."""
+    if err.errno == errno.ENOSPC:
+        return "no space left on the device; free some space and run again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "not writable (permissions or a read-only file system); choose another --outputs folder"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is in the way of the folder; choose another --outputs folder"
+    return err.strerror or str(err)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove files can be made in it (before any model runs); OutputError if not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"cannot write to the outputs folder {folder}: {_reason(err)}") from None
+
+
+@contextlib.contextmanager
+def write_lock(root: Path):
+    """Hold ``root``'s write lock (an flock, so a crashed holder never blocks the others)."""
+    fd = os.open(Path(root) / WRITE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_article_files(
     root: Path, slug: str, files: dict[str, str], *, inputs_key: str, overwrite: bool = False
 ) -> tuple[Path, str]:
@@ -64,33 +104,43 @@ def write_article_files(
     same = find_existing(root, slug, inputs_key)
     if same is not None and not overwrite:
         return same, "unchanged"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slug}-", dir=root))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slug}-", dir=root))
         for name, text in files.items():
             _write_synced(os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), text)
         os.chmod(tmp, 0o755)
-        target = root / slug
-        if overwrite and target.exists():
-            trash = root / f".old-{slug}-{os.getpid()}"
-            os.replace(target, trash)
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-            return target, "replaced"
-        for n in range(1, 1000):
-            candidate = root / (slug if n == 1 else f"{slug}-{n}")
-            if candidate.exists():
-                continue
-            try:
-                os.rename(tmp, candidate)
-            except OSError:
-                continue  # created by someone else in the meantime
-            return candidate, "written" if n == 1 else "renamed"
-        raise OutputError(f"no free folder name for {slug!r} under {root}")
+        with write_lock(root):
+            return _move_into_place(root, slug, tmp, inputs_key, overwrite)
     except OSError as err:
-        raise OutputError(f"cannot write the article under {root}: {err}") from None
+        raise OutputError(f"cannot write the article {slug!r} under {root}: {_reason(err)}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(root: Path, slug: str, tmp: Path, inputs_key: str, overwrite: bool) -> tuple[Path, str]:
+    """Rename the finished temporary folder ``tmp`` to ``root/slug`` (or ``slug-N``); the caller holds the lock."""
+    same = find_existing(root, slug, inputs_key)  # written by another process while this one generated
+    if same is not None and not overwrite:
+        return same, "unchanged"
+    target = root / slug
+    if overwrite and target.exists():
+        trash = root / f".old-{slug}-{os.getpid()}"
+        os.replace(target, trash)
+        os.replace(tmp, target)
+        shutil.rmtree(trash, ignore_errors=True)
+        return target, "replaced"
+    for n in range(1, 1000):
+        candidate = root / (slug if n == 1 else f"{slug}-{n}")
+        if candidate.exists():
+            continue
+        try:
+            os.rename(tmp, candidate)
+        except OSError:
+            continue  # created by someone else in the meantime
+        return candidate, "written" if n == 1 else "renamed"
+    raise OutputError(f"no free folder name for {slug!r} under {root}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -103,7 +153,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as err:
-        raise OutputError(f"cannot write {path}: {err}") from None
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

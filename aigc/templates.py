@@ -145,7 +145,7 @@ class TemplateStore:
         if isinstance(err, jinja2.UndefinedError):
             style = name.split("/", 1)[0] if "/" in name and name.split("/", 1)[0] not in NON_STYLES else "STYLE"
             msg = f"{err.message}; `aigc templates vars {style}` lists the variables each template may use"
-        elif isinstance(err, jinja2.exceptions.SecurityError):
+        elif isinstance(err, (jinja2.exceptions.SecurityError, OverflowError)):  # the sandbox's range limit: OverflowError
             msg = f"not allowed in the template sandbox: {err}"
         else:
             msg = f"{type(err).__name__}: {err}"
@@ -156,7 +156,7 @@ class TemplateStore:
         template = self._get(name)
         try:
             return template.render(context)
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as err:
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, ArithmeticError) as err:
             raise self._wrap(err, name) from None
 
     def render_messages(self, name: str, context: dict[str, Any]) -> Rendered:
@@ -178,7 +178,7 @@ class TemplateStore:
                         messages.append(Message(role=role, content=text))
             if not messages and full.strip():
                 messages.append(Message(role="user", content=full.strip()))
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as err:
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, ArithmeticError) as err:
             raise self._wrap(err, name) from None
         if not any(m.role == "user" for m in messages):
             raise TemplateError("prompt template renders no user message (define {% block user %})", template=self._display(name))
@@ -193,7 +193,7 @@ class TemplateStore:
             ctx = template.new_context(dict(context))
             "".join(template.root_render_func(ctx))
             return {b: "".join(ctx.blocks[b][0](ctx)).strip() if ctx.blocks.get(b) else "" for b in blocks}
-        except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as err:
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, ArithmeticError) as err:
             raise self._wrap(err, name) from None
 
 

@@ -1,4 +1,7 @@
-"""The batch flow: items grouped by backend into waves written together (shared outline and section calls), then an index."""
+"""The batch flow: items grouped by backend into waves written together (shared outline and section calls), then an index.
+
+Waves run in this flow's process, or, with ``distribute``, on a work pool's workers (:mod:`flows.distribute`).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from aigc import batch as batches
 from aigc.errors import AigcError
-from aigc.outputs import slugify
+from aigc.outputs import check_writable, slugify
 from aigc.paths import outputs_dir as default_outputs_dir
 from flows.article import write_group
+from flows.distribute import run_parts
 
 #: Threads of the batch's task runner: the per-article tasks (assembly, evaluation, files) of a group run side by side.
 MAX_WORKERS = 16
@@ -42,12 +46,19 @@ def batch_flow(
     concurrency: int | None = None,
     max_items: int | None = None,
     templates_dir: str | None = None,
+    distribute: bool = False,
+    items_per_run: int | None = None,
 ) -> dict:
-    """Write every article of a batch file into outputs/<batch-name>/, skipping those already written, then index them."""
+    """Write every article of a batch file into outputs/<batch-name>/, skipping those already written, then index them.
+
+    ``distribute``: send the items to the work pool's workers as runs of the ``aigc-batch-items/items``
+    deployment, ``items_per_run`` at a time (default: as many as are written together), and wait for them.
+    """
     logger = get_run_logger()
     batch = batches.load_batch(batch_file, max_items=max_items)
     folder = Path(outputs_dir) if outputs_dir else default_outputs_dir()
     folder = folder / batch.slug
+    check_writable(folder)  # before any model call
     started = time.perf_counter()
     rows: dict[int, dict] = {}
     with batches.BatchLock(folder):
@@ -68,7 +79,10 @@ def batch_flow(
                 queue.append(plan)
         logger.info("Batch %s: %d items, %d already written, %d to write -> %s", batch.name, len(batch.items),
                     sum(r["status"] == "unchanged" for r in rows.values()), len(queue), folder)
-        _run_queue(queue, rows, folder, templates_dir, concurrency, logger)
+        if distribute:
+            run_parts(_waves(queue, items_per_run or concurrency), rows, folder, templates_dir, logger, _row)
+        else:
+            _run_queue(queue, rows, folder, templates_dir, concurrency, logger)
         ordered = [rows[i.index] for i in batch.items]
         summary = _finish(batch, folder, ordered, time.perf_counter() - started, templates_dir)
     failed = summary["counts"].get("failed", 0)

@@ -1,4 +1,5 @@
-"""Deployments: ``nightly`` (the batch flow on a cron schedule) and ``single-report`` (one report on demand).
+"""Deployments: ``nightly`` (the batch flow on a cron schedule), ``single-report`` (one report on demand) and
+``items`` (some items of a batch, submitted by ``aigc batch --distribute`` to the workers).
 
 ``aigc serve`` serves them from one process; ``prefect.yaml`` declares the same two for a work pool. The
 constants below are the one source of both (a test checks that ``prefect.yaml`` matches them).
@@ -13,13 +14,15 @@ from aigc.errors import ConfigError
 
 NIGHTLY = "nightly"
 SINGLE_REPORT = "single-report"
+ITEMS = "items"
 DEFAULT_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_BATCH = "data/batches/nightly.yaml"
 SINGLE_REPORT_PARAMETERS = {"style": "report"}
 TAGS = ["aigc"]
 #: The flows the deployments run, as ``prefect.yaml`` entrypoints.
-ENTRYPOINTS = {NIGHTLY: "flows/batch.py:batch_flow", SINGLE_REPORT: "flows/article.py:article_flow"}
+ENTRYPOINTS = {NIGHTLY: "flows/batch.py:batch_flow", SINGLE_REPORT: "flows/article.py:article_flow",
+               ITEMS: "flows/distribute.py:items_flow"}
 
 
 def schedule_settings(cron: str | None = None, timezone: str | None = None,
@@ -46,13 +49,14 @@ def schedule_settings(cron: str | None = None, timezone: str | None = None,
 
 
 def deployments(cron: str | None = None, timezone: str | None = None, batch_file: str | None = None) -> list[Any]:
-    """The two runner deployments, loaded by module path so they run from any working directory."""
+    """The runner deployments (nightly, single-report, items), loaded by module path so they run from any folder."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     from aigc.batch import load_batch
     from flows.article import article_flow
     from flows.batch import batch_flow
+    from flows.distribute import items_flow
 
     settings = schedule_settings(cron, timezone, batch_file)
     load_batch(settings["batch_file"])  # a broken batch file is an error now, not at 02:00
@@ -71,4 +75,10 @@ def deployments(cron: str | None = None, timezone: str | None = None, batch_file
         tags=TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [nightly, single]
+    items = items_flow.to_deployment(
+        name=ITEMS,
+        description="Some items of a batch, submitted by `aigc batch --distribute`; run by any worker or serve process",
+        tags=TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [nightly, single, items]

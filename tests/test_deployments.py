@@ -36,12 +36,13 @@ def test_deployments_are_built_from_settings(monkeypatch):
     from flows.deploy import deployments
 
     monkeypatch.setenv("AIGC_TIMEZONE", "Europe/Berlin")
-    nightly, single = deployments()
-    assert (nightly.name, single.name) == ("nightly", "single-report")
+    nightly, single, items = deployments()
+    assert (nightly.name, single.name, items.name) == ("nightly", "single-report", "items")
     assert nightly.entrypoint == "flows.batch.batch_flow" and single.entrypoint == "flows.article.article_flow"
+    assert items.entrypoint == "flows.distribute.items_flow" and not items.schedules
     [sched] = nightly.schedules
     assert (sched.schedule.cron, sched.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert nightly.tags == single.tags == ["aigc"]
+    assert nightly.tags == single.tags == items.tags == ["aigc"]
     assert nightly.parameters == {"batch_file": "data/batches/nightly.yaml"} and single.parameters == {"style": "report"}
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
         deployments(timezone="Mars/Base")
@@ -50,13 +51,13 @@ def test_deployments_are_built_from_settings(monkeypatch):
 
 
 def test_prefect_yaml_matches_the_served_deployments():
-    """prefect.yaml (work pools) and `aigc serve` (one process) deploy the same two flows with the same settings."""
+    """prefect.yaml (work pools) and `aigc serve` (one process) deploy the same three flows with the same settings."""
     import yaml
 
     from flows import deploy
 
     declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
-    assert set(declared) == {deploy.NIGHTLY, deploy.SINGLE_REPORT}
+    assert set(declared) == {deploy.NIGHTLY, deploy.SINGLE_REPORT, deploy.ITEMS}
     nightly, single = declared[deploy.NIGHTLY], declared[deploy.SINGLE_REPORT]
     assert nightly["schedules"] == [{"cron": deploy.DEFAULT_CRON, "timezone": deploy.DEFAULT_TIMEZONE}]
     assert nightly["parameters"] == {"batch_file": deploy.DEFAULT_BATCH}

@@ -70,9 +70,22 @@ def _factory(name: str) -> Callable[..., Backend]:
     eps = _entry_point_targets()
     if name in eps:
         return eps[name].load()
+    if ":" in name:  # "package.module:Class": a plugin importable here (and on every worker), no registration needed
+        return _plugin(name)
     raise ConfigError(
         f"unknown backend {name!r}; choose one of: {', '.join(available_backends())}"
     )
+
+
+def _plugin(target: str) -> Callable[..., Backend]:
+    try:
+        found = _load(target)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"backend {target!r}: cannot import it ({err}); give module:Class of an importable "
+                          "Backend subclass") from None
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        raise ConfigError(f"backend {target!r} is not a subclass of aigc.backends.Backend")
+    return found
 
 
 def create_backend(name: str, **options: Any) -> Backend:

@@ -37,7 +37,7 @@ def main(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # aigc runs offline: no anonymous usage report from the temporary server (it also raced its SQLite writes).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    for noisy in ("httpx", "httpcore", "urllib3", "transformers"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
-from aigc.cli.common import _fail, one_line_errors, quiet_tracebacks
-from aigc.errors import AigcError
-from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, NIGHTLY, SINGLE_REPORT
+from aigc.cli.common import _fail, check_local_model, one_line_errors, quiet_tracebacks
+from aigc.errors import AigcError, ConfigError
+from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, ITEMS, NIGHTLY, SINGLE_REPORT
 
 
 @click.command("batch")
@@ -21,8 +22,13 @@ from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, NIGHTLY,
 @click.option("--max-items", type=click.IntRange(1), help="Only the first N items of the file.")
 @click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
               help="Folder of style packs [./templates].")
+@click.option("--distribute", is_flag=True,
+              help="Send the items to a work pool's workers (deployment aigc-batch-items/items) and wait for them; "
+                   "needs PREFECT_API_URL and workers that see the outputs folder at the same path.")
+@click.option("--items-per-run", type=click.IntRange(1, 64),
+              help="With --distribute: items per flow run [as many as are written together, e.g. 1 for an API].")
 def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | None, max_items: int | None,
-                  templates_dir: str | None) -> None:
+                  templates_dir: str | None, distribute: bool, items_per_run: int | None) -> None:
     """Write every article of a batch FILE (.yaml, .csv or .jsonl) now, through the Prefect batch flow.
 
     \b
@@ -34,17 +40,34 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     from aigc.batch import load_batch
     from aigc.paths import outputs_dir as default_outputs
 
+    from aigc.outputs import check_writable
+
     with one_line_errors():
         batch = load_batch(batch_file, max_items=max_items)
-    folder = (os.path.join(outputs_dir, batch.slug) if outputs_dir else str(default_outputs() / batch.slug))
-    click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/", err=True)
+        folder = Path(outputs_dir) / batch.slug if outputs_dir else default_outputs() / batch.slug
+        for item in batch.items:
+            check_local_model(item.spec, item.where)
+        check_writable(folder)
+        if distribute and not os.environ.get("PREFECT_API_URL"):
+            raise ConfigError("--distribute needs a Prefect server that the workers share: export PREFECT_API_URL="
+                              "http://server-host:4200/api (see docs/deployments.md)")
+    click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/"
+               + (" (distributed to the work pool's workers)" if distribute else ""), err=True)
     from flows.batch import batch_flow
     from flows.common import in_process_run
 
+    import httpx
+
     quiet_tracebacks()
-    with in_process_run():
-        state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
-                           max_items=max_items, templates_dir=templates_dir, return_state=True)
+    try:
+        with in_process_run():
+            state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
+                               max_items=max_items, templates_dir=templates_dir, distribute=distribute,
+                               items_per_run=items_per_run, return_state=True)
+    except (OSError, httpx.TransportError) as err:  # the Prefect server went away while the flow ran
+        raise click.ClickException(f"lost the Prefect server ({os.environ.get('PREFECT_API_URL', 'temporary')}): "
+                                   f"{type(err).__name__}: {err}; articles written so far are kept, run the same "
+                                   "command again to finish") from None
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException) or not isinstance(summary, dict):
         if isinstance(summary, AigcError):
@@ -86,6 +109,7 @@ def serve_command(timezone: str, cron: str, batch_file: str, limit: int | None) 
     click.echo(f"Serving against {api}:")
     click.echo(f"  aigc-batch/{NIGHTLY}          {batch_file} at '{cron}' ({timezone})")
     click.echo(f"  aigc-article/{SINGLE_REPORT}  on demand")
+    click.echo(f"  aigc-batch-items/{ITEMS}     items sent by aigc batch --distribute")
     click.echo(f"Outputs go to {outputs_dir().resolve()}/ (nightly: <outputs>/<batch-name>/index.html)")
     click.echo(f"Trigger:\n  prefect deployment run 'aigc-article/{SINGLE_REPORT}' -p topic=\"...\" -p style=report\n"
                f"  prefect deployment run 'aigc-batch/{NIGHTLY}'\nStop with Ctrl-C (pauses the nightly schedule).")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
-from aigc.cli.common import STYLE_HELP, backend_options, one_line_errors, quiet_tracebacks, read_outline
+from aigc.cli.common import (STYLE_HELP, backend_options, check_local_model, one_line_errors, quiet_tracebacks,
+                             read_outline)
 
 
-def preflight(spec, templates_dir: str | None) -> None:
-    """Check style, templates and backend options before any Prefect or model start-up."""
+def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -> None:
+    """Check model, style, templates, backend options and the outputs folder before any Prefect or model start-up."""
     from aigc.assemble import render_document
     from aigc.backends import create_backend
     from aigc.sections import section_context
     from aigc.templates import TemplateStore
 
+    check_local_model(spec, "--model")
     store = TemplateStore(templates_dir)
     store.check_style(spec.style)
     store.render_messages(store.template_name(spec.style, "outline"), spec.template_context())
@@ -23,6 +26,10 @@ def preflight(spec, templates_dir: str | None) -> None:
     store.render_messages(store.template_name(spec.style, "section"), section_context(spec, titles, 0))
     render_document(spec, [{"title": t, "body": "Text."} for t in titles], store, model_id="check")
     create_backend(spec.backend, **spec.backend_options)  # validates options and keys; loads nothing
+    from aigc.outputs import check_writable
+    from aigc.paths import outputs_dir as default_outputs
+
+    check_writable(Path(outputs_dir) if outputs_dir else default_outputs())
 
 
 @click.command("write")
@@ -68,7 +75,7 @@ def write_command(topic: str, outline_file: str | None, outputs_dir: str | None,
         if outline:
             params["sections"] = len(outline)
         spec = ArticleSpec.build(source="aigc write", topic=topic, outline=outline, backend_options=options, **params)
-        preflight(spec, templates_dir)
+        preflight(spec, templates_dir, outputs_dir)
         click.echo(f"Writing {spec.style} '{spec.topic}' ({spec.sections} sections, ~{spec.words} words) "
                    f"with {spec.backend}{' / ' + options['model'] if options.get('model') else ''}...", err=True)
         from flows.article import article_flow

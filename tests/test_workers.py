@@ -1,0 +1,263 @@
+"""A batch spread over two Prefect workers, for real: PostgreSQL, a Prefect server on it, a process work pool.
+
+Starts a throwaway PostgreSQL cluster on 127.0.0.1 (Debian's package; ``.ci/run`` installs it), a Prefect
+server on it, the ``aigc`` process work pool with the ``items`` deployment from ``prefect.yaml``, the
+crashed-run automation from ``prefect-automations.yaml`` and two ``prefect worker`` processes. Then
+``aigc batch --distribute`` writes 12 articles with a fake backend the workers import
+(``tests.plugins.worker_fake``): both workers write, each article once. Then one worker's machine "dies"
+(the worker and its flow-run process SIGKILLed) mid-batch: its run is marked Crashed by the heartbeat
+automation, submitted again, written by the other worker; the index is complete and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BACKEND = "tests.plugins.worker_fake:WorkerFake"
+HEARTBEAT = 30  # seconds: the least Prefect allows; prefect-automations.yaml waits 60 s without one
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    return Path(dirs[-1]) if dirs else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(interval)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and every process under it (a machine that dies takes its flow runs with it)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [p.pid for p in procs]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc.pid)
+            proc.wait()
+
+
+class Cluster:
+    """The processes of the set-up and their environment."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.api_url = ""
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AIGC_"))}
+        env.update(PREFECT_API_URL=self.api_url, PREFECT_HOME=str(self.tmp / "client-home"),
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO", HF_HUB_OFFLINE="1",
+                   PYTHONPATH=str(REPO), AIGC_TEMPLATES_DIR=str(REPO / "templates"), OMP_NUM_THREADS="1")
+        env.update(extra)
+        return env
+
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def prefect(self, *args: str, timeout: float = 180) -> str:
+        run = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=self.env(AIGC_REPO_DIR=str(REPO)),
+                             capture_output=True, text=True, timeout=timeout)
+        assert run.returncode == 0, f"prefect {' '.join(args)}: {run.stdout[-3000:]}{run.stderr[-3000:]}"
+        return run.stdout
+
+    def worker(self, name: str) -> subprocess.Popen:
+        env = self.env(PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT), PREFECT_WORKER_QUERY_SECONDS="2",
+                       PREFECT_HOME=str(self.tmp / f"{name}-home"), AIGC_FAKE_WORKER=name,
+                       AIGC_FAKE_LOG=str(self.tmp / f"{name}.fake"),
+                       PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / f"{name}-results"))
+        return self.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", "aigc", "--type", "process",
+                                 "--limit", "1", "--name", name], env)
+
+    def fake_log(self, name: str) -> list[list[str]]:
+        path = self.tmp / f"{name}.fake"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    tmp = tmp_path_factory.mktemp("workers")
+    os.chmod(tmp, 0o755)
+    c = Cluster(tmp)
+    # PostgreSQL refuses to run as root: as root, the cluster belongs to the package's 'postgres' user
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # outside pytest's private (0700) temporary folders, where the postgres user could not reach it
+    pg_home = Path(tempfile.mkdtemp(prefix="aigc-pg-"))
+    os.chmod(pg_home, 0o755)
+    data = pg_home / "data"
+    data.mkdir()
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
+                    "-o", f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+                       check=True, capture_output=True, timeout=60)
+        api_port = _free_port()
+        c.api_url = f"http://127.0.0.1:{api_port}/api"
+        server_env = c.env(PREFECT_HOME=str(tmp / "server-home"), PREFECT_UI_ENABLED="false",
+                           PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
+        server = c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                    str(api_port)], server_env)
+        _wait(lambda: _healthy(c.api_url) or (server.poll() is not None and pytest.fail(c.log("server")[-3000:])),
+              180, "the Prefect server on PostgreSQL")
+        c.prefect("work-pool", "create", "aigc", "--type", "process")
+        c.prefect("--no-prompt", "deploy", "--name", "items")
+        c.prefect("automation", "create", "--from-file", "prefect-automations.yaml")
+        c.worker("w1")
+        c.worker("w2")
+        _wait(lambda: "started" in c.log("w1").lower() and "started" in c.log("w2").lower(), 120, "two workers")
+        yield c
+    finally:
+        for proc in reversed(list(c.procs.values())):
+            _stop(proc)
+        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(pg_home, ignore_errors=True)
+
+
+def _batch_file(tmp: Path, name: str, n: int, delay: float) -> Path:
+    items = "\n".join(f'  - topic: "Topic {i}: street life in a small city, part {i}"' for i in range(1, n + 1))
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndefaults: {{backend: \"{BACKEND}\", sections: 2, words: 80, "
+                    f"backend_options: {{delay: {delay}}}}}\nitems:\n{items}\n")
+    return path
+
+
+def _aigc_batch(c: Cluster, path: Path, outputs: Path, name: str, *extra: str) -> subprocess.Popen:
+    start = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from aigc.cli import main; main()"
+    return c.start(name, [sys.executable, "-c", start, "batch", str(path), "--distribute", "--outputs", str(outputs),
+                          *extra], c.env(PREFECT_HOME=str(c.tmp / f"{name}-home")))
+
+
+def _check_written_once(folder: Path, n: int) -> dict:
+    entries = sorted(p.name for p in folder.iterdir())
+    slugs = [e for e in entries if (folder / e).is_dir()]
+    assert len(slugs) == n, entries  # no "-2" copies, no half-written ".tmp-" folders
+    assert not [e for e in entries if e.startswith((".tmp-", ".old-"))], entries
+    for slug in slugs:
+        assert sorted(p.name for p in (folder / slug).iterdir()) == ["article.html", "article.json", "article.md"]
+        assert json.loads((folder / slug / "article.json").read_text())["backend"]["backend"] == "worker-fake"
+    index = (folder / "index.md").read_text()
+    assert f"{n} items: {n} written" in index, index
+    return {"slugs": slugs}
+
+
+def test_two_workers_share_a_batch_and_a_killed_worker_loses_nothing(cluster, tmp_path):
+    """12 items in runs of 2 over two workers; w1 dies (SIGKILL, with its flow run) in the middle of its second run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    c = cluster
+    path = _batch_file(tmp_path, "shared", 12, delay=3.0)
+    started = time.monotonic()
+    proc = _aigc_batch(c, path, tmp_path / "out", "batch", "--items-per-run", "2")
+
+    def outlined(worker: str) -> list[str]:
+        return [line[3] for line in c.fake_log(worker) if line[2] == "outline"]
+
+    # w1 finished one run (two articles) and has made the outlines of its second: kill it now
+    _wait(lambda: len(set(outlined("w1"))) >= 3 or proc.poll() is not None, 300, "w1's second run", interval=0.3)
+    victims = sorted(set(outlined("w1")) - set(_written_by_w1_before(c)))
+    killed = _kill_tree(c.procs["w1"].pid)
+    killed_at = time.time()
+    assert len(killed) >= 2, killed  # the worker and the flow run it was running
+    _wait(lambda: proc.poll() is not None, 420, "the batch to finish without w1", interval=1)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, c.log("batch")[-4000:] + c.log("w2")[-3000:]
+    folder = tmp_path / "out" / "shared"
+    _check_written_once(folder, 12)
+    # both workers wrote articles; w1's unfinished ones were written again by w2 after the crash
+    assert _written_by_w1_before(c), c.fake_log("w1")
+    assert victims and set(victims) <= set(outlined("w2")), (victims, outlined("w2"))
+    log = c.log("batch")
+    assert "crashed" in log and "submitting it again" in log, log[-3000:]
+    with temporary_settings(updates={PREFECT_API_URL: c.api_url}):
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="items-")))
+    crashed = [r for r in runs if r.state and r.state.is_crashed()]
+    assert len(crashed) == 1, [(r.name, r.state_name) for r in runs]
+    detected = crashed[0].state.timestamp.timestamp() - killed_at
+    assert 0 < detected < 150, detected
+    completed = [r for r in runs if r.state and r.state.is_completed()]
+    assert len(completed) == 6, [(r.name, r.state_name) for r in runs]  # 6 parts, the crashed one run again
+    print(f"12 items over 2 workers in {seconds:.0f} s; w1 killed in a run, marked Crashed {detected:.0f} s later "
+          f"(heartbeat every {HEARTBEAT} s, automation within 60 s); its items {victims} written by w2")
+
+
+def _written_by_w1_before(c: Cluster) -> list[str]:
+    """Topics whose sections w1 generated (its finished run: the run in progress was killed before its sections)."""
+    return sorted({line[3] for line in c.fake_log("w1") if line[2] == "section"})
