@@ -32,7 +32,11 @@ MERGE_THRESHOLD = 0.72
 #: The title used for one that only repeats the topic ("Why Libraries Lend Tools" for "Why libraries lend tools").
 OVERVIEW_TITLE = "Overview"
 #: Weights of the selection score (see :func:`select_titles`); they sum to 1 before the redundancy penalty.
-WEIGHTS = {"relevance": 0.40, "support": 0.30, "form": 0.30, "redundancy": 0.50, "cue": 0.10}
+WEIGHTS = {"relevance": 0.50, "support": 0.25, "form": 0.25, "cue": 0.10, "redundancy": 0.50, "off_topic": 0.20}
+#: Cosine between two titles of one subject that is not yet redundancy (on-topic titles share the subject).
+REDUNDANCY_FLOOR = 0.35
+#: Below this relevance a title is off the subject (a drifted "How to Cook Chicken" scores 0.27 for a bombing).
+OFF_TOPIC = 0.30
 #: A title below this form score is not used at all (prompt echo, chatter, sentences about the outline).
 MIN_FORM = 0.35
 #: Title words beyond which a title is too long to use.
@@ -269,7 +273,7 @@ def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
 
     Better-supported titles absorb the others; the merged candidate keeps every variant, source and
     position, its support counts the texts that proposed any of them, and its title is the best-formed
-    variant. Returns a new list in the pool's order; the input is not changed.
+    variant. Returns a new list in first-seen order; the input is not changed.
     """
     pool = list(pool)
     if len(pool) < 2:
@@ -302,9 +306,12 @@ def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
             m.sources += c.sources
             m.positions += c.positions
             m.rewritten_from += c.rewritten_from
+    vector_of = {c.title: c.vector for c in pool}
     for m in merged.values():
         m.title = _representative(m.variants)
-    return [merged[i] for i in sorted(merged)]
+        m.vector = vector_of.get(m.title, m.vector)  # the representative's own embedding where it has one
+    first_seen = {h: min(i for i in head_of if head_of[i] == h) for h in merged}
+    return [merged[h] for h in sorted(merged, key=first_seen.get)]
 
 
 def _copy(c: Candidate) -> Candidate:
@@ -368,10 +375,11 @@ def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed
     """Choose up to ``n`` titles from a (merged) pool and put them in order; returns (titles, scores).
 
     Greedy, MMR-style: each step takes the title with the highest
-    ``0.40 relevance + 0.30 support + 0.30 form + 0.10 cue - 0.50 redundancy`` where relevance is
-    :func:`_relevance` (to the topic, 0..1), support the share of candidate texts proposing it,
+    ``0.50 relevance + 0.25 support + 0.25 form + 0.10 cue - 0.50 redundancy - 0.20 off_topic`` where
+    relevance is :func:`_relevance` (to the topic, 0..1), support the share of candidate texts proposing it,
     form :func:`title_form`, cue 1 when the caller's own ``first_cues``/``last_cues`` match it (a style
-    asking for "summary" first), redundancy the highest cosine with a title already chosen. Titles with
+    asking for "summary" first), redundancy the highest cosine with a title already chosen, scaled from 0 at
+    ``REDUNDANCY_FLOOR`` to 1 at ``threshold``, and off_topic 1 when relevance < ``OFF_TOPIC``. Titles with
     form below ``MIN_FORM`` or a cosine >= ``threshold`` with a chosen one are never taken. Fewer than
     ``n`` titles come back when the pool runs out: ``n - len(titles)`` are missing.
     """
@@ -392,7 +400,9 @@ def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed
         sup = min(1.0, c.support / max(1, texts))
         form = title_form(c.title)
         cue = 1.0 if own_cues and _cue(c.title, own_cues) is not None else 0.0
-        base[id(c)] = (w["relevance"] * rel + w["support"] * sup + w["form"] * form + w["cue"] * cue, rel, form)
+        quality = (w["relevance"] * rel + w["support"] * sup + w["form"] * form + w["cue"] * cue
+                   - w["off_topic"] * (rel < OFF_TOPIC))
+        base[id(c)] = (quality, rel, form)
 
     chosen: list[Candidate] = []
     scores: dict[int, TitleScore] = {}
@@ -403,7 +413,7 @@ def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed
             red = max((float(c.vector @ d.vector) for d in chosen), default=0.0)
             if red >= threshold:
                 continue
-            s = base[id(c)][0] - w["redundancy"] * max(0.0, red)
+            s = base[id(c)][0] - w["redundancy"] * max(0.0, red - REDUNDANCY_FLOOR) / (threshold - REDUNDANCY_FLOOR)
             if s > best_score:
                 best, best_score, best_red = c, s, red
         if best is None:

@@ -50,7 +50,7 @@ TOPIC = "How to keep houseplants alive in winter"
 CANDIDATES = [
     "1. Light in winter\n2. Watering in winter\n3. Humidity\n4. Temperature\n5. Conclusion",
     "Here is an outline for your article:\n1. Why winter is hard\n2. Light\n3. Water in winter\n4. Pests\n5. Humidity",
-    "1. How to Keep Houseplants Alive in Winter\n2. Winter light\n3. Humidity and heating\n4. Pests",
+    "1. How to Keep Houseplants Alive in Winter\n2. Winter light\n3. Humidity in winter\n4. Pests",
 ]
 
 
@@ -74,18 +74,27 @@ def test_merge_near_duplicates_keeps_support_and_best_form():
     assert len(light) == 1 and light[0].support == 3  # "Light in winter", "Light", "Winter light"
     assert set(light[0].variants) == {"Light in winter", "Light", "Winter light"}
     assert light[0].title != "Light"  # a two-word title is better formed than one word
-    assert "Humidity" in by_title and "Humidity and heating" in by_title  # cosine 1/sqrt(2) < 0.72
+    assert by_title["Humidity in winter"].support == 3 and by_title["Pests"].support == 2
+    assert "Temperature" in by_title and len(pool) == 8
+
+
+def test_merge_a_title_whose_words_are_in_another():
+    topic = "2022 Istanbul bombing"
+    texts = ["1. History\n2. The bombing\n3. Victims of the bombing", "1. History of the city\n2. Reactions"]
+    pool = merge_similar(pool_titles(texts, topic), embed=bag_embed, threshold=0.99, topic=topic)
+    assert [(c.title, c.support) for c in pool] == [
+        ("History of the city", 2), ("The bombing", 1), ("Victims of the bombing", 1), ("Reactions", 1)]
 
 
 def test_select_orders_and_scores():
     pool = merge_similar(pool_titles(CANDIDATES, TOPIC), embed=bag_embed)
     titles, scores = select_titles(pool, 4, TOPIC, embed=bag_embed)
     # the titles two or three candidates proposed win; "Conclusion" (generic) waits for better ones to run out
-    assert set(titles) == {"Light in winter", "Watering in winter", "Humidity", "Pests"}
+    assert set(titles) == {"Light in winter", "Watering in winter", "Humidity in winter", "Pests"}
     assert [s.title for s in scores] == titles
     assert all(0 <= s.relevance <= 1 and s.support >= 2 and s.form > 0.8 for s in scores)
     everything, _ = select_titles(pool, len(pool), TOPIC, embed=bag_embed)
-    assert len(everything) == len(pool)  # "Humidity and heating" ~ "Humidity" at 0.71: near, not the same
+    assert len(everything) == len(pool)
     assert everything[0] == OVERVIEW_TITLE and everything[-1] == "Conclusion"  # what it is first, conclusion last
 
 
@@ -166,9 +175,16 @@ def test_n_must_be_positive():
         select_titles([], 0, TOPIC, embed=bag_embed)
 
 
-def test_drifted_title_loses_to_on_topic_ones():
+
+@pytest.mark.slow
+def test_real_embeddings_drop_the_drifted_title_and_merge_paraphrases():
+    """With all-MiniLM-L6-v2: "How to Cook Chicken" in a bombing's outline is the title left out."""
+    embeddings = pytest.importorskip("aigc.embeddings")
     topic = "2022 Istanbul bombing"
-    texts = ["1. Background\n2. The bombing\n3. How to Cook Chicken\n4. Victims of the bombing"]
-    titles, scores = select_titles(pool_titles(texts, topic), 3, topic, embed=bag_embed)
+    texts = ["1. Background\n2. The bombing\n3. How to Cook Chicken\n4. Victims\n5. Investigation",
+             "1. Background of the attack\n2. Casualties\n3. Investigation\n4. Reactions"]
+    pool = merge_similar(pool_titles(texts, topic), embed=embeddings.embed, topic=topic)
+    titles, _ = select_titles(pool, 5, topic, embed=embeddings.embed)
     assert "How to Cook Chicken" not in titles
-    assert titles[0] == "Background"
+    assert titles[0].startswith("Background") and len(titles) == 5
+    assert not ({"Background", "Background of the attack"} <= set(titles))  # merged: the words of one are in the other
