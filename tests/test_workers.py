@@ -143,6 +143,8 @@ class Cluster:
 def cluster(tmp_path_factory):
     pg = _pg_bin()
     if pg is None:
+        if os.environ.get("AIGC_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed: apt-get install postgresql (CI's .ci/run does)")
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     tmp = tmp_path_factory.mktemp("workers")
     os.chmod(tmp, 0o755)
