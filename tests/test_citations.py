@@ -1,0 +1,120 @@
+"""Citations: numbered passages, [n] markers checked against their passages, one numbering per article, entity recall."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from aigc import embeddings
+from aigc.citations import (CitationReport, check_citations, entities, entity_recall, link_markers, marker_numbers,
+                            number_passages, references, renumber, sentence_spans)
+from aigc.sources import Passage, text_hash
+
+
+def passage(text: str, document: str = "doc.md", location: str = "Intro, line 3", **kw) -> Passage:
+    return Passage(text=text, document=document, location=location, hash=text_hash(text), **kw)
+
+
+BOMBING = passage("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people and "
+                  "injuring 81 others. Turkish authorities blamed the PKK.", title="2022 Istanbul bombing",
+                  heading="Attack")
+ARREST = passage("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day.",
+                 location="Investigation, line 9", link="https://example.org/arrest")
+BREAD = passage("Sourdough bread rises with wild yeast kept in a starter fed with flour and water.",
+                document="bread.md")
+
+
+def test_number_passages_gives_numbered_blocks_with_title_and_heading():
+    block = number_passages([BOMBING, ARREST], max_words=5)
+    assert block.split("\n\n") == ["[1] 2022 Istanbul bombing > Attack: A bomb exploded on Istiklal ...",
+                                   "[2] Police arrested Ahlam Albashir, a ..."]
+
+
+def test_entities_are_capitalised_runs_and_numbers():
+    names, numbers = entities("However, the Bank of England raised rates to 4.5% in 2023 [2]. The PKK denied it. "
+                              "About 45,000 people were killed by Kurdistan Workers' Party fighters.")
+    assert names == {"bank of england", "pkk", "kurdistan workers' party"}
+    assert numbers == {"4.5", "2023", "45000"}  # the [2] marker is no number
+
+
+def test_entity_recall_counts_names_and_numbers_of_the_reference():
+    reference = "The Golden Gate Bridge opened in 1937. Joseph Strauss led the work on the 1,280 m span."
+    got = entity_recall("Strauss's bridge, the Golden Gate Bridge, opened in 1937 with a 1280 m span.", reference)
+    assert got["total"] == 4 and got["found"] == 3 and got["recall"] == 0.75
+    assert got["missing"] == ["joseph strauss"]
+    assert entity_recall("nothing here", "no names at all")["recall"] is None
+
+
+def test_marker_numbers_and_sentence_spans():
+    assert marker_numbers("1, 3") == [1, 3] and marker_numbers("2-4") == [2, 3, 4] and marker_numbers("1-500") == [1, 500]
+    text = "## Heading [1]\n\nFirst sentence here [1]. Second one.[2] Third ends\nA new line [3]\n"
+    spans = [text[a:b] for a, b in sentence_spans(text)]
+    assert spans == ["First sentence here [1].", "Second one.[2]", "Third ends", "A new line [3]"]
+
+
+def test_renumber_gives_one_numbering_across_sections_and_references():
+    texts, used = renumber([("Attack text [2]. More [1][2].", [ARREST, BOMBING]),
+                            ("Other text [1]. Bad marker [9].", [BOMBING]),
+                            ("Bread [1, 2].", [BREAD, ARREST])])
+    assert texts == ["Attack text [1]. More [2][1].", "Other text [1]. Bad marker .", "Bread [3][2]."]
+    assert used == [BOMBING, ARREST, BREAD]
+    refs = references(used)
+    assert refs[1] == {"number": 2, "document": "doc.md", "title": "", "location": "Investigation, line 9",
+                       "link": "https://example.org/arrest", "hash": ARREST.hash}
+    assert link_markers("<p>x [2]</p>") == '<p>x <a class="cite" href="#ref-2">[2]</a></p>'
+
+
+def test_report_merges_sections():
+    a = CitationReport(sentences=4, cited_sentences=2, markers=3, supported=2)
+    b = CitationReport(sentences=6, cited_sentences=1, markers=1, supported=1)
+    merged = CitationReport.merge([a, b]).to_dict()
+    assert merged["support_rate"] == 0.75 and merged["cited_share"] == 0.3
+
+
+@pytest.fixture
+def bag_embed(monkeypatch):
+    """Embeddings by shared lower-case words, so support depends on word overlap only."""
+    def vec(text):
+        v = np.zeros(embeddings.DIM, dtype=np.float32)
+        for w in text.lower().replace(".", " ").replace(",", " ").split():
+            v[int(hashlib.md5(w.encode()).hexdigest(), 16) % embeddings.DIM] += 1
+        return v / max(np.linalg.norm(v), 1e-9)
+
+    monkeypatch.setattr(embeddings, "embed", lambda texts, **_: np.stack([vec(t) for t in texts]))
+
+
+def test_markers_to_missing_or_unrelated_passages_are_removed_and_counted(bag_embed):
+    text = ("## Attack\n\nA bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people [1]. "
+            "Sourdough bread rises with wild yeast kept in a starter [1][3]. It rained [7].\n\nNo citation here.")
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert cleaned == ("## Attack\n\nA bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 "
+                       "people [1]. Sourdough bread rises with wild yeast kept in a starter [3]. It rained.\n\n"
+                       "No citation here.")
+    assert (report.sentences, report.markers, report.supported, report.cited_sentences) == (4, 4, 2, 2)
+    reasons = sorted((r["marker"], r["reason"]) for r in report.removed)
+    assert reasons == [(1, "not similar enough"), (7, "no such passage")]
+    assert report.used == [1, 3] and report.to_dict()["support_rate"] == 0.5 and report.cited_share == 0.5
+
+
+def test_a_wrong_number_or_an_unknown_name_is_flagged(bag_embed):
+    text = ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 9 people [1]. "
+            "Mayor Ekrem Imamoglu visited the site.")
+    cleaned, report = check_citations(text, [BOMBING], similarity=0.3, entity_share=1.0)
+    assert "[1]" not in cleaned
+    assert report.removed[0]["reason"] == "names or numbers not in the passage"
+    flagged = {c["sentence"][:8]: c["missing"] for c in report.unsupported_claims}
+    assert flagged == {"A bomb e": ["9"], "Mayor Ek": ["mayor ekrem imamoglu"]}
+    _, known = check_citations("Mayor Ekrem Imamoglu visited.", [BOMBING], known="Ekrem Imamoglu Mayor")
+    assert known.unsupported_claims == []
+
+
+@pytest.mark.slow
+def test_real_embeddings_support_a_paraphrase_and_reject_an_unrelated_citation():
+    text = ("A bombing on Istiklal Avenue in Istanbul killed 6 people on 13 November 2022 [1]. "
+            "Police detained Ahlam Albashir and 46 others [2]. "
+            "Bakers feed a starter with flour and water to make sourdough rise [1].")
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert report.supported == 2 and [r["marker"] for r in report.removed] == [1]
+    assert cleaned.endswith("make sourdough rise.")
