@@ -18,7 +18,7 @@ from aigc.errors import AigcError
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 from aigc.version import steps_version
-from flows.common import CACHE_POLICY
+from flows.common import CACHE_POLICY, publish
 
 #: No Prefect retries on the steps that call a backend: the backend retries single requests itself (the openai
 #: backend: max_retries, see aigc/backends/openai.py), so the two layers never multiply.
@@ -155,7 +155,8 @@ def _artifact(spec: ArticleSpec, written: dict, record: dict) -> None:
 
     files = "\n".join(f"- [{name}](file://{Path(path).resolve()})" for name, path in written["files"].items())
     sections = "\n".join(f"| {s['title']} | {s['words']} | {s['finish_reason']} |" for s in record["sections"])
-    create_markdown_artifact(
+    publish(
+        create_markdown_artifact,
         key=f"article-{slugify(spec.topic)}"[:100],
         description=f"aigc article: {spec.topic}",
         markdown=(

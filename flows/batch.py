@@ -20,6 +20,7 @@ from aigc.errors import AigcError
 from aigc.outputs import check_writable, slugify
 from aigc.paths import outputs_dir as default_outputs_dir
 from flows.article import write_group
+from flows.common import publish
 from flows.distribute import run_parts
 
 #: Threads of the batch's task runner: the per-article tasks (assembly, evaluation, files) of a group run side by side.
@@ -141,7 +142,7 @@ def _finish(batch: batches.Batch, folder: Path, rows: list[dict], seconds: float
     metrics = batches.evaluation_columns(rows)
     table = [{**{k: v for k, v in r.items() if k not in ("folder", "evaluation")},
               **{m: (r.get("evaluation") or {}).get(m) for m in metrics}} for r in rows]
-    create_table_artifact(table=table, key=f"batch-{slugify(batch.name, 'batch')}"[:100],
-                          description=f"aigc batch {batch.name}: {counts} -> {md_path}")
+    publish(create_table_artifact, table=table, key=f"batch-{slugify(batch.name, 'batch')}"[:100],
+            description=f"aigc batch {batch.name}: {counts} -> {md_path}")
     return {"name": batch.name, "batch_file": str(batch.path), "folder": str(folder), "index_md": str(md_path),
             "index_html": str(html_path), "counts": counts, "seconds": round(seconds, 1), "items": rows}

@@ -1,14 +1,24 @@
-"""What the flows share: the cache policy (inputs and task source) and the settings of runs in the CLI's process."""
+"""What the flows share: the cache policy (inputs and task source), artifact publishing, and the settings of CLI runs."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import logging
+from typing import Any, Iterator
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 #: Cached across runs: same inputs (spec, template hashes, aigc.version.steps_version()) and same task code.
 CACHE_POLICY = INPUTS + TASK_SOURCE
+
+
+def publish(create: Any, **artifact: Any) -> None:
+    """Publish a Prefect artifact; the files are what counts, so a server that went away costs one warning line."""
+    try:
+        create(**artifact)
+    except Exception as err:  # noqa: BLE001 - e.g. httpx.ConnectError: the Prefect server stopped
+        logging.getLogger("aigc").warning("artifact %s not published: %s: %s", artifact.get("key"),
+                                          type(err).__name__, err)
 
 
 @contextlib.contextmanager
