@@ -190,12 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="also write articles with and without sources")
     parser.add_argument("--limit", type=int, default=3, help="topics written with --write")
     parser.add_argument("--sections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the embeddings (default: as set; on a shared, busy machine 1 is "
+                             "much faster than 2)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="aigc-grounded-"))
     os.environ["AIGC_CACHE_DIR"] = str(args.cache or work / "cache")
     corpus_dir = args.data / "txt"
-    results: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(),
+    results: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "threads": args.threads,
                                "load_average": os.getloadavg()}
     try:
         results["indexing"], index = measure_indexing(corpus_dir, work)
