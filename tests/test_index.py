@@ -10,6 +10,7 @@ import pytest
 from aigc import embeddings
 from aigc.errors import InputError
 from aigc.index import BM25, Index, build_index, index_root
+from aigc.sources import Passage
 
 
 def fake_vector(text: str) -> np.ndarray:
@@ -79,6 +80,9 @@ def test_saved_index_loads_with_the_same_results(tmp_path, fake_embed):
     loaded = Index.load(index.folder)
     assert loaded.passages == index.passages
     assert [p.hash for p in loaded.search("football goal", 3)] == [p.hash for p in index.search("football goal", 3)]
+    hits = loaded.search("violin", 2, mode="dense")
+    assert np.allclose(loaded.vectors_for(hits), [fake_vector(p.embed_text) for p in hits], atol=1e-6)
+    assert loaded.vectors_for([Passage(text="unknown", document="x", location="y", hash="0" * 16)]) is None
 
 
 def test_a_corpus_changed_while_indexing_is_read_again(tmp_path, fake_embed):
