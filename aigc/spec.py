@@ -34,6 +34,10 @@ class ArticleSpec(BaseModel):
     outline_candidates: int = Field(4, ge=1, le=16)
     #: Candidates written for each section in the same call, the best kept; None: the backend's default.
     section_candidates: int | None = Field(None, ge=1, le=8)
+    #: Documents the article is grounded in (folders, files, saved datasets; docs/sources.md); None: none.
+    sources: tuple[str, ...] | None = None
+    #: The text field of JSONL, CSV, Parquet and dataset sources.
+    text_field: str = "text"
 
     @field_validator("topic")
     @classmethod
@@ -45,6 +49,18 @@ class ArticleSpec(BaseModel):
         if len(v) > 300:
             raise ValueError(f"the topic is {len(v)} characters long; keep it under 300")
         return v
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, v: Any) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
+            raise ValueError("give a list of folders or files, e.g. [notes/, briefings.jsonl]")
+        paths = tuple(p.strip() for p in v if p.strip())
+        return paths or None
 
     @field_validator("backend_options")
     @classmethod
@@ -87,4 +103,7 @@ class ArticleSpec(BaseModel):
     def key(self) -> str:
         """A short hash of the inputs, used to recognise an article already written."""
         data = self.model_dump(mode="json")
+        if not data.get("sources"):  # an article without sources keeps the key it had before sources existed
+            data.pop("sources", None)
+            data.pop("text_field", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
