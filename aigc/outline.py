@@ -29,12 +29,13 @@ FOLLOW_UP_SEED_OFFSET = 100
 
 
 def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, titles_so_far: Sequence[str] = (),
-                     seed_offset: int = 0) -> list[GenerationRequest]:
+                     seed_offset: int = 0, extra: dict | None = None) -> list[GenerationRequest]:
     """``count`` outline requests for ``spec`` (candidates), each with its own seed.
 
     With ``titles_so_far`` the template asks only for the missing titles, continuing the numbered list.
+    ``extra``: more template variables (the sources' headings and passages, aigc.grounding).
     """
-    context = spec.template_context(titles_so_far=list(titles_so_far))
+    context = spec.template_context(titles_so_far=list(titles_so_far), **(extra or {}))
     rendered = store.render_messages(store.template_name(spec.style, "outline"), context)
     return [
         GenerationRequest(
@@ -68,7 +69,8 @@ def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list
     return {"titles": titles, "selection": op.selection_record(texts, pool, titles, scores, spec.sections)}
 
 
-def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore) -> list[dict | OutlineError]:
+def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore, *,
+                      extra: Sequence[dict | None] | None = None) -> list[dict | OutlineError]:
     """Outlines of several articles, from candidates asked for in one batched call.
 
     Each article gets ``spec.outline_candidates`` requests in the first call; their titles are pooled,
@@ -76,6 +78,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     article still short of titles is asked for the missing ones (listing those it has) in up to
     ``FOLLOW_UP_ROUNDS`` more calls, shared by all such articles. Returns per spec ``{"titles",
     "attempts", "selection", usage...}`` or the OutlineError that says what the model returned.
+    ``extra[i]``: more template variables for article i's prompts (its sources), or None.
     """
     cues = [order_cues(spec, store) for spec in specs]
     texts: list[list[str]] = [[] for _ in specs]
@@ -91,10 +94,10 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
         for i in pending:
             spec = specs[i]
             if round_ == 0:
-                reqs = outline_requests(spec, store, count=spec.outline_candidates)
+                reqs = outline_requests(spec, store, count=spec.outline_candidates, extra=extra[i] if extra else None)
             else:
                 reqs = outline_requests(spec, store, count=FOLLOW_UP_REQUESTS, titles_so_far=chosen[i]["titles"],
-                                        seed_offset=FOLLOW_UP_SEED_OFFSET * round_)
+                                        seed_offset=FOLLOW_UP_SEED_OFFSET * round_, extra=extra[i] if extra else None)
                 log.info("%s: %d of %d outline titles usable; asking for the missing ones", spec.topic,
                          len(chosen[i]["titles"]), spec.sections)
             asked += [(i, r) for r in reqs]
