@@ -55,7 +55,8 @@ def parse_article(markdown: str) -> ParsedArticle:
 
     Lines inside fenced code blocks are never headings; a section titled "Contents" (or "Table of
     contents") is left out; a final ``---`` rule with no ``##`` heading after it starts the footer,
-    which is dropped. Text before the first ``##`` (title, byline) is not a section.
+    which is dropped. Text before the first ``##`` (title, byline) is not a section; an article with no ``##``
+    heading at all is one section titled with its title.
     """
     lines = markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     in_fence, title = False, ""
@@ -77,6 +78,13 @@ def parse_article(markdown: str) -> ParsedArticle:
     if rules and (not heads or rules[-1] > heads[-1][0]):
         end = rules[-1]
     sections = []
+    if not heads:  # a one-section piece (an email, a 100-word note): the text between title/byline and footer
+        start = next((i + 1 for i, line in enumerate(lines[:end]) if re.match(r"^#\s+\S", line)), 0)
+        rest = [ln for ln in lines[start:end]]
+        while rest and (not rest[0].strip() or re.match(r"^\*[^*].*\*\s*$", rest[0])):  # blank lines, the byline
+            rest.pop(0)
+        body = "\n".join(rest).strip()
+        return ParsedArticle(title=title, sections=[Section(title=title, body=body)] if body else [])
     for k, (i, head) in enumerate(heads):
         stop = heads[k + 1][0] if k + 1 < len(heads) else end
         if norm_title(head) in TOC_TITLES:

@@ -18,7 +18,7 @@ from aigc.paths import REPO_ROOT
 from aigc.spec import ArticleSpec
 
 #: Fields an item (or the defaults) may set. model and base_url go into backend_options.
-FIELDS = ("topic", "style", "backend", "model", "base_url", "sections", "words", "seed", "outline",
+FIELDS = ("topic", "brief", "lang", "style", "backend", "model", "base_url", "sections", "words", "seed", "outline",
           "temperature", "top_p", "backend_options", "outline_candidates", "section_candidates")
 TOP_KEYS = ("name", "defaults", "items")
 BACKEND_FIELDS = ("model", "base_url", "backend_options")
@@ -45,6 +45,8 @@ class Batch:
     path: Path
     items: list[BatchItem] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: With ``skip_invalid``: one line per item left out (file:line: item N: field: what is wrong).
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
@@ -59,8 +61,14 @@ def resolve_batch_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_batch(path: str | os.PathLike, *, max_items: int | None = None) -> Batch:
-    """Read and validate a batch file; raise InputError naming the file, the item, the field and the fix."""
+def load_batch(path: str | os.PathLike, *, max_items: int | None = None, skip_invalid: bool = False,
+               templates_dir: str | None = None) -> Batch:
+    """Read and validate a batch file; raise InputError naming the file, the item, the field and the fix.
+
+    Every item is checked: a bad one is reported by its line (with how many others are bad), or, with
+    ``skip_invalid``, left out and listed in ``Batch.skipped`` while the valid ones are kept.
+    ``templates_dir``: the style packs that choose the number of sections an item leaves out.
+    """
     p = resolve_batch_path(path)
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
@@ -73,13 +81,24 @@ def load_batch(path: str | os.PathLike, *, max_items: int | None = None) -> Batc
         raise InputError(f"{path}: cannot read it as UTF-8 text ({err})") from None
     name, defaults, raw = {"yaml": _read_yaml, "csv": _read_csv, "jsonl": _read_jsonl}[kind](text, str(path))
     defaults = _check_fields(defaults, f"{path}: defaults", allow_topic=False)
-    items = [_item(str(path), n, line, values, defaults) for n, (line, values) in enumerate(raw, 1)]
-    if not items:
+    if not raw:
         raise InputError(f"{path}: the batch has no items; add at least one topic")
-    _no_duplicates(items)
+    items, bad = [], []
+    for n, (line, values) in enumerate(raw, 1):
+        try:
+            items.append(_item(str(path), n, line, values, defaults, templates_dir))
+        except InputError as err:
+            bad.append(str(err))
+    items, duplicates = _no_duplicates(items)
+    bad += duplicates
+    if bad and not skip_invalid:
+        more = f" ({len(bad) - 1} more bad item(s))" if len(bad) > 1 else ""
+        raise InputError(f"{bad[0]}{more}; fix it, or pass --skip-invalid to write the valid items")
+    if not items:
+        raise InputError(f"{path}: no valid items ({len(bad)} bad, the first: {bad[0]})")
     if max_items is not None:
         items = items[:max_items]
-    return Batch(name=name or p.stem, path=p, items=items, defaults=defaults)
+    return Batch(name=name or p.stem, path=p, items=items, defaults=defaults, skipped=bad)
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -185,13 +204,15 @@ def _check_fields(values: Any, where: str, *, allow_topic: bool = True) -> dict[
     return dict(values)
 
 
-def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[str, Any]) -> BatchItem:
+def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[str, Any],
+          templates_dir: str | None = None) -> BatchItem:
     where = f"{source}:{line}: item {index}" if line else f"{source}: item {index}"
     if isinstance(raw, str):
         raw = {"topic": raw}
     values = _check_fields(raw, where)
-    if "topic" not in values:
-        raise InputError(f"{where}: topic: missing; every item needs a topic, e.g. topic: Urban heat islands")
+    if "topic" not in values and not values.get("brief"):
+        raise InputError(f"{where}: topic: missing; every item needs a topic or a brief, e.g. topic: Urban heat "
+                         "islands")
     backend = values.get("backend", defaults.get("backend", "local"))
     # the defaults' model, base_url and backend_options belong to the defaults' backend only
     same = backend == defaults.get("backend", "local")
@@ -222,17 +243,23 @@ def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[st
             raise InputError(f"{where}: sections: {values['sections']} but the outline has "
                              f"{len(merged['outline'])} titles; drop 'sections' or make them agree")
         merged["sections"] = len(merged["outline"])
-    return BatchItem(index=index, line=line, spec=ArticleSpec.build(source=where, **merged), where=where)
+    return BatchItem(index=index, line=line, spec=ArticleSpec.build(source=where, templates_dir=templates_dir,
+                                                                    **merged), where=where)
 
 
-def _no_duplicates(items: list[BatchItem]) -> None:
+def _no_duplicates(items: list[BatchItem]) -> tuple[list[BatchItem], list[str]]:
+    """The items without repeats of an earlier one, and one line per repeat."""
     seen: dict[str, BatchItem] = {}
+    kept, repeats = [], []
     for item in items:
         key = item.spec.key()
         if key in seen:
-            raise InputError(f"{item.where}: the same article as {seen[key].where.rsplit(': ', 1)[-1]} "
-                             "(same topic and settings); remove one or change its seed")
+            repeats.append(f"{item.where}: the same article as {seen[key].where.rsplit(': ', 1)[-1]} "
+                           "(same topic and settings); remove one or change its seed")
+            continue
         seen[key] = item
+        kept.append(item)
+    return kept, repeats
 
 
 # -- the batch's folder -------------------------------------------------------------------------

@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-_SENTENCE_END = re.compile(r"""[.!?…][)"'”’\]]*(?=\s|$)""")
+from aigc.languages import CJK_RANGES
+
+#: A sentence ends at . ! ? … before a space or the end, or at 。！？ (CJK text puts no space after them).
+_SENTENCE_END = re.compile(r"""[.!?…][)"'”’\]]*(?=\s|$)|[。！？][」』”’）)\]]*""")
+_CJK = re.compile(f"[{CJK_RANGES}]")
 _FILLER = re.compile(
-    r"^\s*(?:sure|certainly|of course|absolutely|okay|ok|here(?:'s| is| are)\b)[^\n]{0,80}?(?::|!|\.)\s*$", re.I
+    r"^\s*(?:(?:sure|certainly|of course|absolutely|okay|ok|here(?:'s| is| are)\b)[^\n]{0,80}?(?::|!|\.)"
+    r"|(?:好的|当然|没问题|以下是)[^\n]{0,40}?[:：！!。])\s*$", re.I
 )
 #: Sentences about the writing rather than the subject ("Here is your paragraph...").
 _META_SENTENCE = re.compile(
@@ -16,12 +21,15 @@ _META_SENTENCE = re.compile(
     r"|(?:i'm|i am) ready\b|please (?:go ahead|let me know|provide)\b|let me know\b)",
     re.I,
 )
-_OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps)", re.I)
+_OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps|希望(?:这|以上|本文))", re.I)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
-_NORM_WORD = re.compile(r"[A-Za-z0-9']+")  # for comparing lines, not for counting
-#: A word as a reader counts it: letters, digits, apostrophes and inner hyphens ("don't", "well-known").
-WORD = re.compile(r"\b[\w'’-]+\b")
+#: A letter or digit that is not CJK (CJK characters are words on their own).
+_L = f"[^\\W{CJK_RANGES}]"
+#: A word as a reader counts it: letters, digits, apostrophes and inner hyphens ("don't", "well-known"); in
+#: Chinese, Japanese and Korean each character is one word (as LongBench-Write counts Chinese).
+WORD = re.compile(f"[{CJK_RANGES}]|{_L}(?:(?:{_L}|['’-])*{_L})?")
+_NORM_WORD = WORD  # for comparing lines, not for counting
 #: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?")
 
@@ -62,8 +70,21 @@ def trim_to_sentence(text: str) -> str:
 
 
 def _heading_like(line: str) -> bool:
-    """A short line without a sentence end: a title or heading, not prose."""
-    return 0 < len(line.split()) <= 14 and not _SENTENCE_END.search(line) and not line.endswith((",", ";"))
+    """A short line without a sentence end: a title or heading, not prose (CJK: up to 14 characters)."""
+    return 0 < words(line) <= 14 and not _SENTENCE_END.search(line) and not line.endswith((",", ";", "，", "；"))
+
+
+def join_text(parts: Sequence[str]) -> str:
+    """Join sentences or lines with a space, except between two CJK characters or after 。！？ (no space in CJK)."""
+    out = ""
+    for part in parts:
+        part = part.strip()
+        if not part:
+            continue
+        if out and not (_CJK.match(part[0]) and (_CJK.match(out[-1]) or out[-1] in "。！？，、；：」』”）")):
+            out += " "
+        out += part
+    return out
 
 
 def _is_title_echo(line: str, titles: Sequence[str]) -> bool:
@@ -89,7 +110,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
         if not kept and (not stripped or _FILLER.match(line) or _is_title_echo(line, [title]) or _HEADING.match(line)
                          or (alone and _heading_like(stripped))):
             continue
-        if kept and (_is_title_echo(line, other_titles) and (_HEADING.match(line) or len(stripped.split()) <= 14)):
+        if kept and (_is_title_echo(line, other_titles) and (_HEADING.match(line) or words(stripped) <= 14)):
             break  # the model went on to write another section
         if _OUTRO.match(line):
             break
@@ -98,7 +119,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     joined = _PLACEHOLDER.sub("", "\n".join(kept))
     joined = re.sub(r"\.{4,}", "...", joined)
-    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", joined)]
+    paragraphs = [join_text(p.split()) for p in re.split(r"\n\s*\n", joined)]
     paragraphs = [p for p in paragraphs if p]
     paragraphs = [_balance_quotes(p) for p in _dedupe_sentences(paragraphs)]
     body = "\n\n".join(p for p in paragraphs if p)
@@ -141,12 +162,22 @@ def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
             seen.add(key)
             sentences.append(_cut_phrase_loop(s))
         if sentences:
-            out.append(" ".join(sentences))
+            out.append(join_text(sentences))
     return out
 
 
 def _cut_phrase_loop(sentence: str, n: int = 4, max_repeats: int = 2) -> str:
     """Cut a sentence where one n-word phrase occurs more than ``max_repeats`` times ("and the and the ...")."""
+    if _CJK.search(sentence):  # no spaces: count loops over words as WORD finds them (characters), 3x longer
+        found = list(WORD.finditer(sentence))
+        counts_cjk: dict[tuple[str, ...], int] = {}
+        for i in range(len(found) - 3 * n + 1):
+            gram = tuple(m.group().lower() for m in found[i : i + 3 * n])
+            counts_cjk[gram] = counts_cjk.get(gram, 0) + 1
+            if counts_cjk[gram] > max_repeats:
+                cut = sentence[: found[i].start()].rstrip("，、；：,;: ")
+                return cut + ("。" if cut and cut[-1] not in "。！？.!?" else "")
+        return sentence
     tokens = sentence.split()
     counts: dict[tuple[str, ...], int] = {}
     for i in range(len(tokens) - n + 1):
@@ -171,7 +202,7 @@ def fit_length(text: str, target: int, *, slack: float = 0.25) -> str:
             gap = abs(count - target)
             if best_gap is None or gap < best_gap:
                 best_gap = gap
-                best = "\n\n".join(kept + [" ".join(sentences[: s_index + 1])])
+                best = "\n\n".join(kept + [join_text(sentences[: s_index + 1])])
             if count > target * (1 + slack):
                 return best
         kept.append(para)

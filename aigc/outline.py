@@ -36,7 +36,7 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
     ``extra``: more template variables (the sources' headings and passages, aigc.grounding).
     """
     context = spec.template_context(titles_so_far=list(titles_so_far), **(extra or {}))
-    rendered = store.render_messages(store.template_name(spec.style, "outline"), context)
+    rendered = store.render_messages(store.template_name(spec.style, "outline", spec.lang), context)
     return [
         GenerationRequest(
             messages=rendered.messages,
@@ -54,8 +54,8 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
 
 def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list[str]]:
     """Which titles come first and last, as the style's outline template says (blocks first_sections, last_sections)."""
-    blocks = store.render_blocks(store.template_name(spec.style, "outline"), spec.template_context(titles_so_far=[]),
-                                 ["first_sections", "last_sections"])
+    blocks = store.render_blocks(store.template_name(spec.style, "outline", spec.lang),
+                                 spec.template_context(titles_so_far=[]), ["first_sections", "last_sections"])
     split = lambda text: [c.strip().lower() for c in text.split(",") if c.strip()]  # noqa: E731
     return split(blocks["first_sections"]), split(blocks["last_sections"])
 

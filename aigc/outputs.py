@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -17,17 +18,47 @@ from aigc.errors import OutputError
 
 FILES = ("article.md", "article.html", "article.json")
 MAX_SLUG = 60
+#: Most bytes of a folder name in UTF-8 (file systems allow 255; "-2" and temporary prefixes are added).
+MAX_SLUG_BYTES = 150
 #: In an outputs folder: held (flock) while an article is checked for and moved into place, so that two
 #: processes or machines writing the same article never both write it (released when a process dies).
 WRITE_LOCK = ".aigc-write.lock"
 
 
 def slugify(text: str, fallback: str = "article") -> str:
-    """A folder name from any text: ASCII letters, digits and hyphens only (``../x`` -> ``x``)."""
-    value = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    value = re.sub(r"[^a-zA-Z0-9]+", "-", value).strip("-").lower()
+    """A folder name from any text: letters, digits and hyphens only (``../x`` -> ``x``).
+
+    Latin letters lose their accents (``Café`` -> ``cafe``); other scripts are kept as they are
+    (``城市热岛效应`` stays readable); text with no letter or digit at all (emoji) gets ``fallback``
+    and a short hash of the text, so two such topics do not share a name.
+    """
+    kept = []
+    for ch in unicodedata.normalize("NFKD", text):
+        if unicodedata.category(ch) in ("Mn", "Mc"):
+            if kept and not kept[-1].isascii():
+                kept.append(ch)  # a mark on a non-Latin letter (kana voicing, Devanagari vowels) is part of it
+            continue
+        kept.append(ch if ch.isalnum() else "-")
+    value = unicodedata.normalize("NFC", "".join(kept)).lower()
+    value = re.sub(r"-+", "-", value).strip("-")
     value = value[:MAX_SLUG].rstrip("-")
-    return value or fallback
+    while len(value.encode()) > MAX_SLUG_BYTES:
+        value = value[:-1].rstrip("-")
+    if value:
+        return value
+    if any(unicodedata.category(c) in ("So", "Sk", "Cs", "Co") for c in text):
+        return f"{fallback}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:6]}"
+    return fallback
+
+
+def ascii_slug(text: str, fallback: str = "article") -> str:
+    """:func:`slugify` limited to ASCII (for Prefect artifact keys): non-Latin text becomes a short hash."""
+    value = slugify(text, fallback)
+    if value.isascii():
+        return value
+    latin = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", value)).strip("-")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{latin[:40]}-{digest}" if latin else f"{fallback}-{digest}"
 
 
 def existing_key(folder: Path) -> str | None:

@@ -53,7 +53,7 @@ def template_info(spec: ArticleSpec, store: TemplateStore) -> dict[str, dict[str
     """For each step: the template file used and a hash of its content (with what it extends)."""
     info = {}
     for step in ("outline", "section", "document"):
-        name = store.template_name(spec.style, step)
+        name = store.template_name(spec.style, step, spec.lang)
         info[step] = {"file": name, "sha256": store.template_hash(name)}
     return info
 
@@ -78,6 +78,30 @@ def step_error(result: dict[str, Any]) -> AigcError:
     return cls(result["error"])
 
 
+def index_sources(specs: Sequence[ArticleSpec], progress: Callable[[str], None] = lambda msg: None
+                  ) -> list[dict[str, Any] | None]:
+    """Build or refresh the index of every article's sources (each corpus once; the index caches itself).
+
+    Returns per spec a summary of its index (``key``, ``documents``, ``passages``, ``warnings``,
+    ``stats``), a :func:`failure` when its sources are unusable, or None without sources. ``progress``
+    gets a line now and then ("notes/: embedding 320/944 passages").
+    """
+    if not any(s.sources for s in specs):
+        return [None] * len(specs)
+    from aigc.grounding import index_sources as build
+
+    shown: dict[tuple[str, str], int] = {}
+
+    def report(name: str, done: int, total: int, stage: str) -> None:
+        step = 10 * done // total if total else 10
+        if stage == "done" or shown.get((name, stage), -1) < step:  # at most one line per tenth of each stage
+            shown[(name, stage)] = step
+            verb = {"read": "reading files", "embed": "embedding passages", "done": "indexed"}.get(stage, stage)
+            progress(f"{name}: {verb} {done}/{total}")
+
+    return [failure(r) if isinstance(r, AigcError) else r for r in build(specs, report)]
+
+
 def make_outlines(specs: Sequence[ArticleSpec], store: TemplateStore, backend: Backend) -> list[dict[str, Any]]:
     """The outline of every article: given ones validated, the others generated in shared backend calls.
 
@@ -92,12 +116,34 @@ def make_outlines(specs: Sequence[ArticleSpec], store: TemplateStore, backend: B
             results[i] = {"titles": given_outline(spec.outline), "source": "given", "attempts": 0}
         else:
             wanted.append(i)
+    grounded = _outline_sources(specs)
+    for i, found in enumerate(grounded):
+        if isinstance(found, AigcError):  # the article's sources are unusable: it fails alone
+            results[i] = failure(found)
+    wanted = [i for i in wanted if results[i] is None]
     if wanted:
-        generated = generate_outlines(backend, [specs[i] for i in wanted], store)
+        extra = [grounded[i] for i in wanted] if any(grounded[i] for i in wanted) else None
+        generated = generate_outlines(backend, [specs[i] for i in wanted], store, extra=extra)
         for i, result in zip(wanted, generated):
             results[i] = failure(result) if isinstance(result, Exception) else {**result, "source": "generated"}
+    from aigc.briefs import derive_titles
+
+    for i, title in enumerate(derive_titles(backend, specs, store)):  # pieces asked for by a brief alone
+        if title and not failed(results[i]):
+            results[i]["title"] = title
+            if specs[i].sections_from_length and specs[i].sections == 1 and results[i]["source"] == "given":
+                results[i]["titles"] = [title]  # a one-section piece: its one title is the piece's
     seconds = round(time.perf_counter() - started, 3)
     return [r if failed(r) or r["source"] == "given" else {**r, "seconds": seconds} for r in results]
+
+
+def _outline_sources(specs: Sequence[ArticleSpec]) -> list[Any]:
+    """Per spec: the outline template's source variables, the error of its sources, or None without sources."""
+    if not any(s.sources for s in specs):
+        return [None] * len(specs)
+    from aigc.grounding import outline_contexts
+
+    return outline_contexts(specs)
 
 
 def make_sections(specs: Sequence[ArticleSpec], outlines: Sequence[dict[str, Any]], store: TemplateStore,
@@ -108,11 +154,24 @@ def make_sections(specs: Sequence[ArticleSpec], outlines: Sequence[dict[str, Any
     """
     started = time.perf_counter()
     ready = [i for i, o in enumerate(outlines) if not failed(o)]
-    expanded = expand_sections(backend, [specs[i] for i in ready], [outlines[i]["titles"] for i in ready], store)
+    titles = [outlines[i]["titles"] for i in ready]
+    found = None
+    if any(specs[i].sources for i in ready):  # each section's passages, retrieved in one batch per corpus
+        from aigc.grounding import SectionSources
+
+        found = SectionSources.find([specs[i] for i in ready], titles)
+    expanded = expand_sections(backend, [specs[i] for i in ready], titles, store,
+                               extra=found.extra() if found else None, rescore=found.rescore if found else None)
+    if found:  # citations checked: unsupported markers removed, the passages each section had listed
+        expanded = [found.finish(k, sections) for k, sections in enumerate(expanded)]
     seconds = round(time.perf_counter() - started, 3)
     results: list[dict[str, Any]] = [dict(o) for o in outlines]  # failures carried over
-    for i, sections in zip(ready, expanded):
+    for k, (i, sections) in enumerate(zip(ready, expanded)):
         results[i] = {"sections": sections, "seconds": seconds}
+        if found and found.error(k):
+            results[i] = failure(found.error(k))
+        elif found and found.summary(k):
+            results[i]["sources"] = found.summary(k)
     return results
 
 
@@ -132,9 +191,23 @@ def assemble_article(
     """
     started = time.perf_counter()
     templates = template_info(spec, store)
-    key = inputs_key(spec, {k: v["sha256"] for k, v in templates.items()}, backend_info.get("model", ""))
-    md = render_document(spec, sections["sections"], store, model_id=backend_info.get("model", ""))
-    html = render_page(md, spec.topic, store)
+    hashes = {k: v["sha256"] for k, v in templates.items()}
+    references: list[dict[str, Any]] = []
+    if sections.get("sources"):  # the documents are inputs; the sections' [n] become one numbering
+        from aigc.grounding import number_citations
+
+        hashes["sources"] = sections["sources"]["key"]
+        numbered, references, citations = number_citations(sections["sections"])
+        sections = {**sections, "sections": numbered}
+    key = inputs_key(spec, hashes, backend_info.get("model", ""))
+    title = outline.get("title") or spec.topic
+    md = render_document(spec, sections["sections"], store, references=references,
+                         model_id=backend_info.get("model", ""), title=title)
+    html = render_page(md, title, store, lang=spec.lang)
+    if references:
+        from aigc.grounding import link_references
+
+        html = link_references(html, len(references))
     timings = {"outline": outline.get("seconds", 0.0), "sections": sections["seconds"],
                "assembly": round(time.perf_counter() - started, 3)}
     timings["total"] = round(sum(timings.values()), 3)
@@ -143,6 +216,10 @@ def assemble_article(
         timings=timings, key=key, markdown_text=md,
     )
     record["articles_together"] = batch_size
+    if sections.get("sources"):
+        from aigc.grounding import add_to_record
+
+        add_to_record(record, sections["sources"], references, citations)
     if outline.get("selection"):  # the candidates, the pooled titles, the chosen ones and their scores
         record["outline"]["selection"] = outline["selection"]
     record["generation"]["outline_candidates"] = spec.outline_candidates
@@ -157,10 +234,14 @@ def assemble_article(
 
 
 def evaluate_article_files(article: dict[str, Any]) -> dict[str, Any]:
-    """Add the cheap metrics (length score, outline coverage, repetition) to the article's record."""
+    """Add the cheap metrics (length score, outline coverage, repetition; with sources, citations) to the record."""
     from aigc.evaluate import evaluate_article
 
-    record = {**article["record"], "evaluation": evaluate_article(article["files"]["article.md"], article["record"])}
+    from aigc.grounding import evaluation_fields, without_references
+
+    markdown = without_references(article["files"]["article.md"], len(article["record"].get("references", ())))
+    evaluation = {**evaluate_article(markdown, article["record"]), **evaluation_fields(article["record"])}
+    record = {**article["record"], "evaluation": evaluation}
     return {**article, "record": record}
 
 
@@ -215,6 +296,9 @@ def write_articles(
         group = [specs[i] for i in members]
         try:
             use = backend or backend_for(group[0])
+            if any(s.sources for s in group):
+                progress("index")
+                index_sources(group, progress)
             progress(f"outline ({len(group)} articles)" if len(group) > 1 else "outline")
             outlines = make_outlines(group, store, use)
             progress(f"sections ({sum(len(o.get('titles', ())) for o in outlines)})")

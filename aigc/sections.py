@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
-from aigc.cleanup import clean_section, fit_length, words
-from aigc.spec import ArticleSpec
+from aigc.cleanup import _norm, clean_section, fit_length, join_text, split_sentences, words
+from aigc.spec import STEP_WORDS, TOKENS_PER_CHARACTER, TOKENS_PER_WORD, ArticleSpec
 from aigc.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def section_requests(
 
     ``extra[i]``: more template variables for section i (its numbered source passages, aigc.grounding).
     """
-    name = store.template_name(spec.style, "section")
+    name = store.template_name(spec.style, "section", spec.lang)
     requests = []
     for i in range(len(titles)):
         rendered = store.render_messages(name, section_context(spec, titles, i) | (extra[i] if extra else {}))
@@ -102,7 +103,91 @@ def expand_sections(
             if results[a, i]["words"] < MIN_SECTION_WORDS:
                 log.warning("%s: section %d %r is still empty after a retry: the article has a gap there "
                             "(try another --seed, or a larger model)", specs[a].topic, i + 1, outlines[a][i])
+    continue_sections(backend, specs, outlines, store, results)
     return [[results[a, i] for i in range(len(titles))] for a, titles in enumerate(outlines)]
+
+
+# -- continuation steps: sections longer than one generation ----------------------------------------
+#: Words of the text so far that a continuation step sees (whole sentences, from the end).
+TAIL_WORDS = 150
+#: A long section gets another step while it is shorter than this share of its target.
+CONTINUE_BELOW = 0.9
+#: Seeds of continuation step n are n times this far from the article's seed.
+STEP_SEED_OFFSET = 2000
+
+
+def max_steps(spec: ArticleSpec) -> int:
+    """Generations a section may take: 1 when it fits one budget, else its share of budgets plus one spare
+    (a model that stops early)."""
+    steps = math.ceil(spec.section_words / STEP_WORDS)
+    return 1 if steps <= 1 else steps + 1
+
+
+def tail(text: str, n_words: int = TAIL_WORDS) -> str:
+    """The end of ``text``: its last whole sentences, about ``n_words`` words."""
+    sentences = [s for p in text.split("\n\n") for s in split_sentences(p)]
+    kept: list[str] = []
+    while sentences and (not kept or sum(words(s) for s in kept) < n_words):
+        kept.insert(0, sentences.pop())
+    return join_text(kept)
+
+
+def continuation_request(spec: ArticleSpec, titles: Sequence[str], i: int, body: str, step: int,
+                         store: TemplateStore) -> GenerationRequest:
+    """The request for step ``step`` (2, 3, ...) of section ``i``: its prompt plus the end of the text so far."""
+    want = max(20, min(STEP_WORDS, spec.section_words - words(body)))
+    context = {**section_context(spec, titles, i), "continuation": tail(body), "continue_words": want}
+    rendered = store.render_messages(store.template_name(spec.style, "section", spec.lang), context)
+    per = TOKENS_PER_CHARACTER if spec.counts_characters else TOKENS_PER_WORD
+    return GenerationRequest(messages=rendered.messages, max_new_tokens=int(want * per * 1.3) + 16,
+                             temperature=spec.temperature, top_p=spec.top_p,
+                             seed=spec.seed + STEP_SEED_OFFSET * step + i, purpose="section")
+
+
+def _new_text(body: str, addition: str) -> str:
+    """The paragraphs of ``addition`` without the sentences ``body`` already has (a model that repeats itself)."""
+    seen = {_norm(s) for p in body.split("\n\n") for s in split_sentences(p)}
+    paragraphs = []
+    for para in addition.split("\n\n"):
+        fresh = [s for s in split_sentences(para) if _norm(s) not in seen]
+        seen |= {_norm(s) for s in fresh}
+        if fresh:
+            paragraphs.append(join_text(fresh))
+    return "\n\n".join(paragraphs)
+
+
+def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]],
+                      store: TemplateStore, results: dict[tuple[int, int], dict]) -> None:
+    """Write sections longer than one generation budget in steps, each seeing the end of the text so far.
+
+    Every round is one batched call for all sections of all articles still short of
+    ``CONTINUE_BELOW`` of their target; a step that adds nothing new ends its section. ``results``
+    is updated in place (body, words, tokens, ``steps``).
+    """
+    for result in results.values():
+        result.setdefault("steps", 1)
+    for step in range(2, 1 + max((max_steps(s) for s in specs), default=1)):
+        todo = [(a, i) for (a, i), r in sorted(results.items())
+                if r["steps"] == step - 1 and step <= max_steps(specs[a]) and r["words"] >= MIN_SECTION_WORDS
+                and r["words"] < CONTINUE_BELOW * specs[a].section_words]
+        if not todo:
+            return
+        requests = [continuation_request(specs[a], outlines[a], i, results[a, i]["body"], step, store)
+                    for a, i in todo]
+        completions = generate_with_prefill(backend, requests)
+        for (a, i), completion in zip(todo, completions):
+            r, titles = results[a, i], outlines[a]
+            added = clean_section(completion.text, title=titles[i], other_titles=[t for j, t in enumerate(titles)
+                                                                                if j != i],
+                                  truncated=completion.finish_reason == "length")
+            added = _new_text(r["body"], added)
+            for key in ("prompt_tokens", "completion_tokens"):
+                r[key] += getattr(completion, key)
+            r["seconds"] = round(r["seconds"] + completion.seconds, 3)
+            if words(added) < MIN_SECTION_WORDS:  # nothing new: the section ends here
+                continue
+            r["body"] = fit_length(r["body"] + "\n\n" + added, specs[a].section_words)
+            r["words"], r["steps"], r["finish_reason"] = words(r["body"]), step, completion.finish_reason
 
 
 def choose(specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]],

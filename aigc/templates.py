@@ -68,12 +68,43 @@ class TemplateStore:
                 f"(style packs are folders in {self.root})"
             )
 
-    def template_name(self, style: str, step: str) -> str:
-        """The file a step of a style uses: the pack's own, else the base one."""
+    def template_name(self, style: str, step: str, lang: str | None = None) -> str:
+        """The file a step of a style uses: the pack's own, else the base one.
+
+        With a language other than English, a pack's language folder comes first: ``<style>/<lang>/``,
+        then ``base/<lang>/`` (e.g. ``base/zh/section.j2``), then the English files, which say "Write in
+        <language>" themselves. Which languages have templates is up to the packs, not the code.
+        """
         self.check_style(style)
         fname = TEMPLATE_FILES[step]
-        own = f"{style}/{fname}"
-        return own if (self.root / own).is_file() else f"base/{fname}"
+        candidates = [f"{style}/{fname}", f"base/{fname}"]
+        if lang:
+            code = lang.split("-", 1)[0].lower()
+            if code != "en":
+                candidates[:0] = [f"{style}/{code}/{fname}", f"base/{code}/{fname}"]
+        return next((c for c in candidates[:-1] if (self.root / c).is_file()), candidates[-1])
+
+    def pack_setting(self, style: str, step: str, block: str) -> str:
+        """The text of a constant ``{% block NAME %}`` a pack's template (or the base it extends) sets, "" if none.
+
+        A pack's settings are such blocks, e.g. ``{% block words_per_section %}all{% endblock %}`` in
+        ``section.j2``; they are read without a context, so they must not use variables.
+        """
+        from jinja2 import meta
+
+        name = self.template_name(style, step)
+        for _ in range(8):  # follow {% extends %} to the base
+            template = self._get(name)
+            if block in template.blocks:
+                try:
+                    return "".join(template.blocks[block](template.new_context({}))).strip()
+                except jinja2.TemplateError as err:
+                    raise self._wrap(err, name) from None
+            parent = next(iter(meta.find_referenced_templates(self.env.parse(self._source(name)))), None)
+            if not parent:
+                return ""
+            name = parent
+        return ""
 
     # -- hashing -------------------------------------------------------------------
     def _sources(self, name: str, seen: set[str] | None = None) -> Iterable[str]:
@@ -216,8 +247,19 @@ def _error_location(err: Exception, name: str) -> tuple[int | None, str]:
     return lineno, tname
 
 
-def anchor(text: str) -> str:
-    """The id python-markdown's toc extension gives a heading with this text."""
-    from markdown.extensions.toc import slugify
+def anchor(text: str, separator: str = "-") -> str:
+    """The link id of a heading with this text; aigc's Markdown pages give their headings the same ids.
 
-    return slugify(str(text), "-")
+    python-markdown's slug (ASCII) where it keeps every letter; with letters ASCII cannot hold (Chinese,
+    Cyrillic, ...) its Unicode slug, so a link is ``#城市热岛效应的成因``, never an empty ``#``.
+    """
+    from markdown.extensions.toc import slugify, slugify_unicode
+
+    text = str(text)
+    ascii_id = slugify(text, separator)
+    letters = sum(c.isalnum() for c in text)
+    if letters and sum(c.isalnum() for c in ascii_id) < letters:
+        unicode_id = slugify_unicode(text, separator)
+        if unicode_id:
+            return unicode_id
+    return ascii_id

@@ -57,6 +57,7 @@ def article_task(spec: dict, outline: dict, sections: dict, templates_dir: str |
                "files": {k: str(v) for k, v in result.files.items()}}
     _artifact(s, written, result.record)
     return {**written, "topic": s.topic, "words": result.record["body_words"],
+            "unit": result.record.get("length_unit", "words"), "empty_sections": result.record.get("empty_sections", []),
             "evaluation": result.record.get("evaluation")}
 
 
@@ -105,14 +106,15 @@ def build_spec(**params: Any) -> ArticleSpec:
         params["sections"] = len(params["outline"])  # a given outline decides the number of sections
     else:
         params["outline"] = None
-    return ArticleSpec.build(source="flow parameters", backend_options=options, **params)
+    templates_dir = params.pop("templates_dir", None)
+    return ArticleSpec.build(source="flow parameters", templates_dir=templates_dir, backend_options=options, **params)
 
 
 @flow(name="aigc-article", log_prints=True, validate_parameters=True)
 def article_flow(
-    topic: str,
+    topic: str | None = None,
     style: str = "article",
-    sections: int = 5,
+    sections: int | None = None,
     words: int = 800,
     seed: int = 0,
     backend: str = "local",
@@ -126,13 +128,28 @@ def article_flow(
     overwrite: bool = False,
     backend_options: dict[str, Any] | None = None,
     evaluate: bool = True,
+    brief: str | None = None,
+    lang: str | None = None,
+    outline_candidates: int | None = None,
+    section_candidates: int | None = None,
+    topic_from_brief: bool = False,
+    sections_from_length: bool = False,
 ) -> dict:
-    """Write one article or report: outline -> sections -> assembly -> outputs/<slug>/article.{md,html,json}."""
+    """Write one article or report: outline -> sections -> assembly -> outputs/<slug>/article.{md,html,json}.
+
+    ``brief``: free-text instructions (a topic is derived from it when none is given); ``lang``: the
+    language (detected from topic and brief when not given); ``sections``: chosen from the length and
+    the style when not given.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
+    extra = {k: v for k, v in dict(outline_candidates=outline_candidates, section_candidates=section_candidates,
+                                   topic_from_brief=topic_from_brief or None,
+                                   sections_from_length=sections_from_length or None).items() if v is not None}
     spec = build_spec(
         topic=topic, style=style, sections=sections, words=words, seed=seed, backend=backend, model=model,
         base_url=base_url, outline=outline, temperature=temperature, top_p=top_p, backend_options=backend_options,
+        brief=brief, lang=lang, templates_dir=templates_dir, **extra,
     )
     _store(templates_dir).check_style(spec.style)
     logger.info("Outline: %s, %d sections, style %s, backend %s", spec.topic, spec.sections, spec.style, spec.backend)
@@ -151,13 +168,13 @@ def article_flow(
 
 
 def _artifact(spec: ArticleSpec, written: dict, record: dict) -> None:
-    from aigc.outputs import slugify
+    from aigc.outputs import ascii_slug
 
     files = "\n".join(f"- [{name}](file://{Path(path).resolve()})" for name, path in written["files"].items())
     sections = "\n".join(f"| {s['title']} | {s['words']} | {s['finish_reason']} |" for s in record["sections"])
     publish(
         create_markdown_artifact,
-        key=f"article-{slugify(spec.topic)}"[:100],
+        key=f"article-{ascii_slug(spec.topic)}"[:100],  # artifact keys are ASCII
         description=f"aigc article: {spec.topic}",
         markdown=(
             f"# {spec.topic}\n\nStatus: **{written['status']}** in `{written['folder']}`\n\n{files}\n\n"

@@ -49,6 +49,7 @@ def batch_flow(
     templates_dir: str | None = None,
     distribute: bool = False,
     items_per_run: int | None = None,
+    skip_invalid: bool = False,
 ) -> dict:
     """Write every article of a batch file into outputs/<batch-name>/, skipping those already written, then index them.
 
@@ -56,7 +57,9 @@ def batch_flow(
     deployment, ``items_per_run`` at a time (default: as many as are written together), and wait for them.
     """
     logger = get_run_logger()
-    batch = batches.load_batch(batch_file, max_items=max_items)
+    batch = batches.load_batch(batch_file, max_items=max_items, skip_invalid=skip_invalid, templates_dir=templates_dir)
+    for line in batch.skipped:  # bad items left out (skip_invalid)
+        logger.warning("Skipped: %s", line)
     folder = Path(outputs_dir) if outputs_dir else default_outputs_dir()
     folder = folder / batch.slug
     check_writable(folder)  # before any model call

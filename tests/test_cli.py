@@ -23,7 +23,7 @@ def test_empty_topic():
 
 def test_unknown_style():
     line = error_line(invoke("write", "Tides", "--style", "poem"))
-    assert "unknown style 'poem'; choose one of: article, blog, news, report" in line
+    assert "unknown style 'poem'; choose one of: article, blog, email, letter, news, report, story, summary" in line
 
 
 def test_template_syntax_error_names_file_and_line(templates_copy):
@@ -58,10 +58,10 @@ def test_templates_vars_lists_what_each_step_provides_and_uses(templates_copy):
         return {ln.split()[0] for ln in blocks[f"report / {step}"].splitlines()[1:]
                 if "optional:" not in ln and "NOT PROVIDED" not in ln}
 
-    assert listed("outline") == {"topic", "style", "n_sections", "words", "section_words"}
+    assert listed("outline") == {"topic", "brief", "lang", "language", "style", "n_sections", "words", "section_words"}
     assert listed("section") == listed("outline") | {"outline", "section_title", "section_index", "is_first", "is_last"}
     assert {"title", "date", "model", "sections"} <= listed("document")
-    assert used("outline") == {"topic", "n_sections"}
+    assert used("outline") == {"topic", "n_sections", "brief", "lang", "language"}
     assert {"section_title", "section_index", "is_first", "is_last", "outline"} <= used("section")
     # data-driven: a template that starts using a variable shows it as used
     (templates_copy / "report" / "outline.j2").write_text(

@@ -7,9 +7,9 @@ from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 
 
-def test_the_four_style_packs_and_their_files():
+def test_the_style_packs_and_their_files():
     store = TemplateStore()
-    assert store.styles() == ["article", "blog", "news", "report"]
+    assert store.styles() == ["article", "blog", "email", "letter", "news", "report", "story", "summary"]
     assert store.template_name("report", "outline") == "report/outline.j2"
 
 
@@ -41,7 +41,7 @@ def test_outline_prompt_has_prefill_and_user_text_stays_literal():
 
 
 def test_unknown_style_lists_the_choices():
-    with pytest.raises(ConfigError, match="unknown style 'poem'; choose one of: article, blog, news, report"):
+    with pytest.raises(ConfigError, match="unknown style 'poem'; choose one of: article, blog, email, letter, news, report, story, summary"):
         TemplateStore().check_style("poem")
 
 
@@ -106,5 +106,6 @@ def test_variables_a_template_reads_through_its_parents(templates_copy):
     store = TemplateStore(templates_copy)
     read, optional = store.variables("news/section.j2")
     assert {"topic", "section_title", "is_last", "desk", "editor"} <= read  # base's and its own
-    assert optional == {"desk"}
-    assert store.sources("news/section.j2") == {"news/section.j2", "base/section.j2"}
+    assert optional == {"desk", "continuation", "passages"}  # base's own optional ones (long sections, sources)
+    assert store.sources("news/section.j2") == {"news/section.j2", "base/section.j2", "base/brief.j2",
+                                                "base/closing.j2"}

@@ -27,8 +27,10 @@ from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, ITEMS, N
                    "needs PREFECT_API_URL and workers that see the outputs folder at the same path.")
 @click.option("--items-per-run", type=click.IntRange(1, 64),
               help="With --distribute: items per flow run [as many as are written together, e.g. 1 for an API].")
+@click.option("--skip-invalid", is_flag=True,
+              help="Write the valid items of a file with bad ones (each bad item is listed by its line).")
 def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | None, max_items: int | None,
-                  templates_dir: str | None, distribute: bool, items_per_run: int | None) -> None:
+                  templates_dir: str | None, distribute: bool, items_per_run: int | None, skip_invalid: bool) -> None:
     """Write every article of a batch FILE (.yaml, .csv or .jsonl) now, through the Prefect batch flow.
 
     \b
@@ -43,7 +45,7 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     from aigc.outputs import check_writable
 
     with one_line_errors():
-        batch = load_batch(batch_file, max_items=max_items)
+        batch = load_batch(batch_file, max_items=max_items, skip_invalid=skip_invalid, templates_dir=templates_dir)
         folder = Path(outputs_dir) / batch.slug if outputs_dir else default_outputs() / batch.slug
         for item in batch.items:
             check_local_model(item.spec, item.where)
@@ -51,7 +53,10 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
         if distribute and not os.environ.get("PREFECT_API_URL"):
             raise ConfigError("--distribute needs a Prefect server that the workers share: export PREFECT_API_URL="
                               "http://server-host:4200/api (see docs/deployments.md)")
+    for line in batch.skipped:
+        click.echo(f"Skipped: {line}", err=True)
     click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/"
+               + (f" ({len(batch.skipped)} bad item(s) skipped)" if batch.skipped else "")
                + (" (distributed to the work pool's workers)" if distribute else ""), err=True)
     from flows.batch import batch_flow
     from flows.common import in_process_run
@@ -63,7 +68,7 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
         with in_process_run():
             state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
                                max_items=max_items, templates_dir=templates_dir, distribute=distribute,
-                               items_per_run=items_per_run, return_state=True)
+                               items_per_run=items_per_run, skip_invalid=skip_invalid, return_state=True)
     except (OSError, httpx.TransportError) as err:  # the Prefect server went away while the flow ran
         raise click.ClickException(f"lost the Prefect server ({os.environ.get('PREFECT_API_URL', 'temporary')}): "
                                    f"{type(err).__name__}: {err}; articles written so far are kept, run the same "
@@ -73,11 +78,20 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
         if isinstance(summary, AigcError):
             _fail(summary)
         raise click.ClickException(f"the batch flow failed: {state.message or summary}")
+    from aigc.batch import read_record
+
+    gaps = 0
     for row in summary["items"]:
         where = row["folder"] + "/" if row.get("folder") else row.get("error") or ""
-        click.echo(f"  {row['index']:>3} {row['status']:<9} {row['topic'][:50]:<50} {where}")
+        empty = read_record(row.get("folder")).get("empty_sections") or []
+        gaps += bool(empty)
+        note = f"  WARNING: {len(empty)} empty section(s)" if empty else ""
+        click.echo(f"  {row['index']:>3} {row['status']:<9} {row['topic'][:50]:<50} {where}{note}")
     counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
-    click.echo(f"Done in {summary['seconds']} s ({counts}). Index: {summary['index_md']}  {summary['index_html']}")
+    warn = f"; WARNING: {gaps} article(s) with an empty section" if gaps else ""
+    skipped = f"; {len(batch.skipped)} bad item(s) skipped" if batch.skipped else ""
+    click.echo(f"Done in {summary['seconds']} s ({counts}{skipped}{warn}). Index: {summary['index_md']}  "
+               f"{summary['index_html']}")
     if summary["counts"].get("failed"):
         raise click.ClickException(f"{summary['counts']['failed']} item(s) failed; run the same command again "
                                    "to retry only those")

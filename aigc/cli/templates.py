@@ -11,6 +11,11 @@ from aigc.cli.common import one_line_errors, read_outline
 #: What each template variable holds (``aigc templates vars``); the variables themselves come from the code.
 VARIABLE_HELP = {
     "topic": "the topic, as the user gave it (data, never template source)",
+    "brief": "the user's brief (free-text instructions; data, never template source), \"\" when none",
+    "lang": "the language code of the text (en, zh, ...; a pack's <lang>/ folder holds its templates)",
+    "language": "the language's English name (\"Write in {{ language }}\")",
+    "continuation": "in a long section's later steps: the end of the text so far",
+    "continue_words": "in a long section's later steps: words this step adds",
     "style": "the style pack's name",
     "n_sections": "how many sections the article has",
     "words": "words asked for the whole body",

@@ -21,9 +21,9 @@ def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -
     check_local_model(spec, "--model")
     store = TemplateStore(templates_dir)
     store.check_style(spec.style)
-    store.render_messages(store.template_name(spec.style, "outline"), spec.template_context())
+    store.render_messages(store.template_name(spec.style, "outline", spec.lang), spec.template_context())
     titles = [f"Section {i + 1}" for i in range(spec.sections)]
-    store.render_messages(store.template_name(spec.style, "section"), section_context(spec, titles, 0))
+    store.render_messages(store.template_name(spec.style, "section", spec.lang), section_context(spec, titles, 0))
     render_document(spec, [{"title": t, "body": "Text."} for t in titles], store, model_id="check")
     create_backend(spec.backend, **spec.backend_options)  # validates options and keys; loads nothing
     from aigc.outputs import check_writable
@@ -32,12 +32,53 @@ def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -
     check_writable(Path(outputs_dir) if outputs_dir else default_outputs())
 
 
+def read_brief(brief: str | None, brief_file: str | None) -> str | None:
+    """--brief TEXT or --brief-file FILE ('-' reads stdin): the brief as text, or None; InputError on bad input."""
+    from aigc.errors import InputError
+
+    if brief is not None and brief_file is not None:
+        raise InputError("give the brief once: --brief TEXT or --brief-file FILE, not both")
+    if brief_file is None:
+        return brief
+    try:
+        data = click.get_binary_stream("stdin").read() if brief_file == "-" else Path(brief_file).read_bytes()
+    except OSError as err:
+        raise InputError(f"--brief-file {brief_file}: cannot read it ({err.strerror or err})") from None
+    if len(data) > 4 * 20000:
+        raise InputError(f"--brief-file {brief_file}: {len(data):,} bytes; a brief is at most 20,000 characters "
+                         "(summarise long material)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"--brief-file {brief_file}: not UTF-8 text (binary data?); give the instructions as a "
+                         "text file") from None
+
+
+def summary_line(result: dict) -> str:
+    """The line that says what was written, with a warning when a section came out empty."""
+    steps = ", ".join(f"{k} {v.lower()}" for k, v in result.get("steps", {}).items())
+    verb = {"unchanged": "Already written (same inputs)", "renamed": "Written (name taken, new folder)",
+            "replaced": "Replaced"}.get(result["status"], "Written")
+    line = f"{verb}: {result['folder']}/  [{result['words']} {result.get('unit', 'words')}; {steps}]"
+    empty = result.get("empty_sections") or []
+    if empty:
+        line += (f"  WARNING: {len(empty)} section(s) came out empty: " + "; ".join(repr(t) for t in empty[:3])
+                 + " (try another --seed or a larger model)")
+    return line
+
+
 @click.command("write")
-@click.argument("topic")
+@click.argument("topic", required=False)
+@click.option("--brief", help="What to write, in your words (up to 20,000 characters): audience, points to cover "
+                              "('1. ... 2. ...'), tone. Without TOPIC a short title is derived from it.")
+@click.option("--brief-file", metavar="FILE", help="Read the brief from a UTF-8 text file ('-' reads stdin).")
+@click.option("--lang", help="Language to write in (en, zh, ja, fr, ...) [detected from the topic and brief].")
 @click.option("--style", "-s", default="article", show_default=True, envvar="AIGC_STYLE", help=STYLE_HELP)
-@click.option("--sections", "-n", type=click.IntRange(1, 20), default=5, show_default=True, help="Number of sections.")
-@click.option("--words", "-w", type=click.IntRange(30, 20000), default=800, show_default=True,
-              help="Words for the whole body; each section gets an equal share.")
+@click.option("--sections", "-n", type=click.IntRange(1, 20),
+              help="Number of sections [chosen from the length and style: 100 words is one section].")
+@click.option("--words", "-w", type=click.IntRange(50, 10000), default=800, show_default=True,
+              help="Length of the whole body (50-10000; characters for Chinese, Japanese, Korean); each section "
+                   "gets an equal share.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same inputs: same text.")
 @click.option("--backend", "-b", default="local", show_default=True, envvar="AIGC_BACKEND",
               help="local (Hugging Face model on this machine) or openai (any OpenAI-compatible API).")
@@ -57,15 +98,20 @@ def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -
 @click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
               help="Folder of style packs [./templates].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing article of the same name.")
-def write_command(topic: str, outline_file: str | None, outputs_dir: str | None, templates_dir: str | None,
-                  model: str | None, base_url: str | None, api_key_env: str | None, concurrency: int | None,
-                  extra_options: tuple[str, ...], overwrite: bool, **params: Any) -> None:
-    """Write one article or report about TOPIC through the Prefect flow.
+def write_command(topic: str | None, brief: str | None, brief_file: str | None, outline_file: str | None,
+                  outputs_dir: str | None, templates_dir: str | None, model: str | None, base_url: str | None,
+                  api_key_env: str | None, concurrency: int | None, extra_options: tuple[str, ...], overwrite: bool,
+                  **params: Any) -> None:
+    """Write one article, report, email, story ... about TOPIC (or as a --brief asks) through the Prefect flow.
 
     \b
     Files go to outputs/<topic-slug>/article.md, article.html and article.json.
     Running the same command again reuses cached steps (start a Prefect server
     and set PREFECT_API_URL to avoid the temporary server's start-up each time).
+    Examples:
+      aigc write "Urban heat islands" --style report --words 1500
+      aigc write --style email --words 100 --brief "Thank the bank teller who helped me open an account."
+      aigc write "城市热岛效应" --words 800     # Chinese, counted in characters
     """
     from aigc.spec import ArticleSpec
 
@@ -74,9 +120,13 @@ def write_command(topic: str, outline_file: str | None, outputs_dir: str | None,
         outline = read_outline(outline_file)
         if outline:
             params["sections"] = len(outline)
-        spec = ArticleSpec.build(source="aigc write", topic=topic, outline=outline, backend_options=options, **params)
+        brief = read_brief(brief, brief_file)
+        spec = ArticleSpec.build(source="aigc write", templates_dir=templates_dir, topic=topic, brief=brief,
+                                 outline=outline, backend_options=options, **params)
         preflight(spec, templates_dir, outputs_dir)
-        click.echo(f"Writing {spec.style} '{spec.topic}' ({spec.sections} sections, ~{spec.words} words) "
+        unit = "characters" if spec.counts_characters else "words"
+        click.echo(f"Writing {spec.style} '{spec.topic}' ({spec.sections} section{'s' * (spec.sections > 1)}, "
+                   f"~{spec.words} {unit}, {spec.lang}) "
                    f"with {spec.backend}{' / ' + options['model'] if options.get('model') else ''}...", err=True)
         from flows.article import article_flow
         from flows.common import in_process_run
@@ -86,9 +136,9 @@ def write_command(topic: str, outline_file: str | None, outputs_dir: str | None,
             # the spec's fields this command set, validated, as the flow's parameters of the same names
             result = article_flow(**spec.model_dump(mode="json", exclude_unset=True), outputs_dir=outputs_dir,
                                   templates_dir=templates_dir, overwrite=overwrite)
-    steps = ", ".join(f"{k} {v.lower()}" for k, v in result.get("steps", {}).items())
-    verb = {"unchanged": "Already written (same inputs)", "renamed": "Written (name taken, new folder)",
-            "replaced": "Replaced"}.get(result["status"], "Written")
-    click.echo(f"{verb}: {result['folder']}/  [{result['words']} words; {steps}]")
+    click.echo(summary_line(result))
     for path in result["files"].values():
         click.echo(f"  {path}")
+    if not result["words"]:
+        raise click.ClickException("the article has no text: every section came out empty; try another --seed, "
+                                   "or a model that writes this language (see README, Languages)")
