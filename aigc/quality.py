@@ -102,7 +102,9 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\bhere(?:'|’)?s\s+how\s+(?:you|i|we)\s+(?:can|could|might)\s+(?:refine|improve|rewrite|revise|edit|polish)\b"
         r"|\bhere\s+is\s+how\s+(?:you|i|we)\s+(?:can|could|might)\s+(?:refine|improve|rewrite|revise|edit|polish)\b"
         r"|\b(?:refine|rewrite|revise|polish)\s+(?:it|this|the\s+(?:text|paragraph|sentence|draft))\b"
-        r"|\b(?:active|passive)\s+voice\b|\btransitional\s+(?:words|phrases)\b|\bopening\s+sentence\b|\bword\s+count\b"
+        r"|\b(?:active|passive)\s+voice\b|\btransitional\s+(?:words?|phrases?|markers?)\b|\bopening\s+sentence\b"
+        r"|\bword\s+count\b|\bsentence\s+flow\b|\bmade\s+(?:these|the\s+following|some|a\s+few)\s+changes\b"
+        r"|\b(?:rewrote|rephrased|reorganized|reorganised)\s+(?:the|this|your|it)\b"
         r"|\b(?:concludes|ends|opens|closes|starts|begins)\s+the\s+(?:paragraph|article|essay|piece|post|text)\b",
         re.I)),
     # "Here's your chance to showcase how you can tackle...", "you will learn", "read on"

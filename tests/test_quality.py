@@ -42,6 +42,11 @@ MODEL_META = [
     ("This is indeed one of my most thought-provoking articles yet.", "writer_voice"),
     ("This brings us back to what was said before which were mentioned previously.", "as_mentioned"),
     ("This example brings up several points which I will cover further as this piece continues.", "writer_voice"),
+    ("In addition I made these changes while maintaining the original message intact while improving clarity.",
+     "editor_talk"),
+    ("I added a transitional phrase at the beginning of each new paragraph.", "editor_talk"),
+    ("Your article has already set the stage perfectly.", "editor_talk"),
+    ("The opening sentence is already well-defined with the topic of Mount Greylock's ecosystem.", "editor_talk"),
 ]
 
 # Sentences about the subject, some using "section", "article", "part", "point" about it.
