@@ -332,6 +332,22 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _settings(text_field: str, link_field: str | None, max_bytes: int, min_words: int, max_words: int) -> dict:
+    from aigc.embeddings import MODEL_ID
+
+    return {"model": MODEL_ID, "text_field": text_field, "link_field": link_field, "min_words": min_words,
+            "max_words": max_words, "max_bytes": max_bytes}
+
+
+def source_key(sources: Sequence[str | os.PathLike] | str | os.PathLike, *, text_field: str = "text",
+               link_field: str | None = None, max_bytes: int = MAX_FILE_BYTES, min_words: int = MIN_WORDS,
+               max_words: int = MAX_WORDS) -> str:
+    """The key :func:`build_index` gives these sources now: they are read and split, nothing is embedded."""
+    corpus = load_sources(sources, text_field=text_field, link_field=link_field, max_bytes=max_bytes,
+                          min_words=min_words, max_words=max_words)
+    return corpus_key(corpus.passages, _settings(text_field, link_field, max_bytes, min_words, max_words))
+
+
 def build_index(sources: Sequence[str | os.PathLike] | str | os.PathLike, *, text_field: str = "text",
                 link_field: str | None = None, max_bytes: int = MAX_FILE_BYTES, min_words: int = MIN_WORDS,
                 max_words: int = MAX_WORDS, mode: str = "hybrid", progress: Progress | None = None,
@@ -348,8 +364,7 @@ def build_index(sources: Sequence[str | os.PathLike] | str | os.PathLike, *, tex
     start = time.perf_counter()
     cpu_start = time.process_time()
     root = root or index_root()
-    settings = {"model": MODEL_ID, "text_field": text_field, "link_field": link_field, "min_words": min_words,
-                "max_words": max_words, "max_bytes": max_bytes}
+    settings = _settings(text_field, link_field, max_bytes, min_words, max_words)
     notes: list[str] = []
     for attempt in range(CHANGE_RETRIES + 1):
         corpus: Corpus = load_sources(sources, text_field=text_field, link_field=link_field, max_bytes=max_bytes,

@@ -1,0 +1,300 @@
+"""Grounded writing in the pipeline: each article's source index, passages for its prompts, citation checks, References.
+
+The steps of :mod:`aigc.pipeline` call this module for articles whose spec names ``sources``; an
+article without sources never reaches it, so it is written exactly as without this module. The
+index caches itself (:func:`aigc.index.build_index`: an unchanged corpus loads in about 0.2 s), so
+each step asks for it again instead of passing it between Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from aigc.errors import AigcError
+from aigc.sources import Passage
+from aigc.spec import ArticleSpec
+
+#: The outline prompt: the topic's best passages (their headings listed) and the first few of them, shortened.
+OUTLINE_HITS = 12
+OUTLINE_PASSAGES = 6
+OUTLINE_PASSAGE_WORDS = 60
+#: A section's prompt: the best passages for "topic + section title", numbered, each cut to this many words.
+SECTION_PASSAGES = 5
+SECTION_PASSAGE_WORDS = 120
+#: A section candidate's score (0-100, aigc.quality) gains up to CITED_POINTS points for the share of its
+#: sentences that keep a supported citation, and loses up to REMOVED_POINTS for the share of its markers that
+#: had to be removed: with sources, text that cites its passages correctly wins over text that does not.
+CITED_POINTS = 20.0
+REMOVED_POINTS = 10.0
+
+
+def _indexes(specs: Sequence[ArticleSpec], progress: Callable[[str, int, int, str], None] | None = None
+             ) -> list[Any]:
+    """Each spec's :class:`aigc.index.Index` (None without sources, the AigcError when its sources are unusable).
+
+    Specs naming the same sources share one index (built or loaded once).
+    """
+    from aigc.index import build_index
+
+    built: dict[tuple, Any] = {}
+    out = []
+    for spec in specs:
+        if not spec.sources:
+            out.append(None)
+            continue
+        key = (spec.sources, spec.text_field)
+        if key not in built:
+            name = ", ".join(spec.sources)
+            report = (lambda done, total, stage, name=name: progress(name, done, total, stage)) if progress else None
+            try:
+                built[key] = build_index(list(spec.sources), text_field=spec.text_field, progress=report)
+            except AigcError as err:
+                built[key] = err
+        out.append(built[key])
+    return out
+
+
+def index_summary(index: Any, spec: ArticleSpec) -> dict[str, Any]:
+    """What the record keeps of an article's index: the paths, the corpus key, its size, the warnings."""
+    return {"paths": list(spec.sources or ()), "text_field": spec.text_field, "key": index.key,
+            "documents": index.stats.get("documents", len({p.document for p in index.passages})),
+            "passages": len(index), "warnings": list(index.warnings)}
+
+
+def index_sources(specs: Sequence[ArticleSpec], progress: Callable[[str, int, int, str], None] | None = None
+                  ) -> list[dict[str, Any] | AigcError | None]:
+    """Build (or load) the index of every article with sources: its summary, the error, or None without sources."""
+    out: list[dict[str, Any] | AigcError | None] = []
+    for spec, index in zip(specs, _indexes(specs, progress)):
+        out.append(index if index is None or isinstance(index, AigcError) else
+                   {**index_summary(index, spec), "stats": dict(index.stats)})
+    return out
+
+
+def _search(indexes: Sequence[Any], queries: Sequence[Sequence[str]], k: int) -> list[list[list[Passage]] | None]:
+    """For each article with an index, the passages for each of its queries: one batched search per index."""
+    results: list[list[list[Passage]] | None] = [None] * len(indexes)
+    by_index: dict[int, list[int]] = {}
+    for a, index in enumerate(indexes):
+        if index is not None and not isinstance(index, AigcError):
+            by_index.setdefault(id(index), []).append(a)
+    for members in by_index.values():
+        index = indexes[members[0]]
+        flat = [q for a in members for q in queries[a]]
+        found = index.search_many(flat, k=k)
+        for a in members:
+            results[a], found = found[:len(queries[a])], found[len(queries[a]):]
+    return results
+
+
+def outline_contexts(specs: Sequence[ArticleSpec]) -> list[dict[str, Any] | AigcError | None]:
+    """Extra outline-template variables per article (``source_headings``, ``source_passages``), its error, or None."""
+    from aigc.citations import passages_for_prompt
+
+    indexes = _indexes(specs)
+    hits = _search(indexes, [[spec.topic] for spec in specs], OUTLINE_HITS)
+    out: list[dict[str, Any] | AigcError | None] = []
+    for index, found in zip(indexes, hits):
+        if found is None:
+            out.append(index)  # None or the error
+            continue
+        best = found[0]
+        out.append({"source_headings": list(dict.fromkeys(p.heading for p in best if p.heading)),
+                    "source_passages": passages_for_prompt(best[:OUTLINE_PASSAGES], max_words=OUTLINE_PASSAGE_WORDS)})
+    return out
+
+
+def _passage_record(p: Passage, number: int) -> dict[str, Any]:
+    """A passage as the record lists it: where it is and its content hash (not its text), its score, its number."""
+    data = {k: v for k, v in p.to_dict().items() if k != "text"}
+    return {"number": number, **data, "words": len(p.text.split())}
+
+
+@dataclass
+class SectionSources:
+    """The passages of every section of articles written together, and what checks their citations.
+
+    ``passages[a]`` is None for an article without sources, else one list of passages per section.
+    """
+
+    specs: Sequence[ArticleSpec]
+    titles: Sequence[Sequence[str]]
+    indexes: list[Any]
+    passages: list[list[list[Passage]] | None]
+    _checked: dict[tuple[int, int, str], tuple[str, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def find(cls, specs: Sequence[ArticleSpec], titles: Sequence[Sequence[str]]) -> "SectionSources":
+        """Retrieve each section's passages (query: topic + section title), one batched search per index."""
+        indexes = _indexes(specs)
+        queries = [[f"{spec.topic} {t}" for t in ts] for spec, ts in zip(specs, titles)]
+        return cls(specs, titles, indexes, _search(indexes, queries, SECTION_PASSAGES))
+
+    @property
+    def any(self) -> bool:
+        return any(p is not None for p in self.passages)
+
+    def error(self, a: int) -> AigcError | None:
+        """The error of article ``a``'s sources, if they could not be used."""
+        return self.indexes[a] if isinstance(self.indexes[a], AigcError) else None
+
+    def extra(self) -> list[list[dict[str, Any]] | None]:
+        """Per article, per section: the section template's extra variables (``passages``, numbered from 1)."""
+        from aigc.citations import passages_for_prompt
+
+        return [None if found is None else
+                [{"passages": passages_for_prompt(ps, max_words=SECTION_PASSAGE_WORDS)} for ps in found]
+                for found in self.passages]
+
+    def check(self, a: int, i: int, body: str) -> tuple[str, Any]:
+        """Section ``i`` of article ``a`` with its unsupported markers removed, and the CitationReport."""
+        from aigc.citations import check_citations
+
+        key = (a, i, body)
+        if key not in self._checked:
+            ps = self.passages[a][i]
+            self._checked[key] = check_citations(body, ps, known=f"{self.specs[a].topic} {self.titles[a][i]}",
+                                                 passage_vectors=self.indexes[a].vectors_for(ps))
+        return self._checked[key]
+
+    def rescore(self, a: int, i: int, bodies: Sequence[str]) -> list[float] | None:
+        """Points added to each candidate's score of section ``i`` of article ``a`` (None without sources)."""
+        if self.passages[a] is None:
+            return None
+        points = []
+        for body in bodies:
+            _, report = self.check(a, i, body)
+            cited = report.cited_share or 0.0
+            removed = report.markers_removed / report.markers if report.markers else 0.0
+            points.append(round(CITED_POINTS * cited - REMOVED_POINTS * removed, 3))
+        return points
+
+    def finish(self, a: int, sections: list[dict]) -> list[dict]:
+        """Article ``a``'s sections with their citations checked: body cleaned, ``passages`` and ``citations`` added."""
+        from aigc.cleanup import words
+
+        if self.passages[a] is None:
+            return sections
+        out = []
+        for i, section in enumerate(sections):
+            cleaned, report = self.check(a, i, section["body"])
+            numbers = report.to_dict()
+            out.append({**section, "body": cleaned, "words": words(cleaned),
+                        "passages": [_passage_record(p, n) for n, p in enumerate(self.passages[a][i], 1)],
+                        "citations": numbers})
+        return out
+
+    def summary(self, a: int) -> dict[str, Any] | None:
+        """What the sections step hands on about article ``a``'s sources (None without sources)."""
+        if self.passages[a] is None:
+            return None
+        return index_summary(self.indexes[a], self.specs[a])
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def _web_link(link: str | None) -> str | None:
+    return link if isinstance(link, str) and re.match(r"https?://", link) else None
+
+
+def number_citations(sections: Sequence[dict]) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """One numbering for the article's citations: the sections with renumbered bodies, the References rows and
+    the article's citation report (the sections' reports added up).
+
+    Each section's ``passages`` gain ``cited_as`` (the passage's number in the References, or None).
+    """
+    from aigc.citations import references, renumber
+
+    local = [[Passage.from_dict({"text": "", **p}) for p in s.get("passages", ())] for s in sections]
+    texts, used = renumber([(s["body"], ps) for s, ps in zip(sections, local)])
+    refs = [{**r, "url": _web_link(r["link"])} for r in references(used)]
+    number_of = {p.hash: n for n, p in enumerate(used, 1)}
+    out = []
+    for s, text in zip(sections, texts):
+        if "passages" in s:
+            s = {**s, "body": text, "passages": [{**p, "cited_as": number_of.get(p["hash"])} for p in s["passages"]]}
+        out.append(s)
+    return out, refs, merge_reports([s["citations"] for s in sections if s.get("citations")])
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The article's citation report from its sections' (``CitationReport.to_dict()``) reports."""
+    from aigc.citations import CitationReport
+
+    merged = CitationReport.merge([CitationReport(**{k: r[k] for k in ("sentences", "cited_sentences", "markers",
+                                                                       "supported", "removed", "unsupported_claims")})
+                                   for r in reports])
+    data = merged.to_dict()
+    data.pop("used", None)
+    return data
+
+
+def add_to_record(record: dict[str, Any], summary: dict[str, Any], references: Sequence[dict],
+                  citations: dict[str, Any]) -> None:
+    """Put the article's sources, their warnings, its References and its citation report into its record.
+
+    Each section keeps its passages (place, hash, score, ``cited_as``) and its citation counts; the
+    removed markers and the unsupported claims are listed once, in the article's ``citations``.
+    """
+    record["sources"] = {k: v for k, v in summary.items() if k != "warnings"}
+    record["source_warnings"] = list(summary.get("warnings", ()))
+    record["references"] = list(references)
+    record["citations"] = citations
+    for section in record["sections"]:
+        if isinstance(section.get("citations"), dict):
+            section["citations"] = {k: v for k, v in section["citations"].items()
+                                    if k not in ("removed", "unsupported_claims")}
+
+
+def without_references(markdown: str, count: int) -> str:
+    """The article's Markdown without its References (a ``##`` heading and a numbered list of ``count`` items).
+
+    For measures of the prose (length, coverage, repetition); unchanged when no such list is found.
+    """
+    if not count:
+        return markdown
+    found = list(re.finditer(r"^##[^\n]*\n\n((?:\d+\. [^\n]*\n)+)\n?", markdown, flags=re.M))
+    for m in reversed(found):
+        if len(m.group(1).splitlines()) == count:
+            return markdown[:m.start()] + markdown[m.end():]
+    return markdown
+
+
+def link_references(html: str, count: int) -> str:
+    """HTML whose ``[n]`` markers link to the References list, whose items get ``id="ref-n"``.
+
+    The References list is the last ``<ol>`` with exactly ``count`` items (the document template decides its
+    heading and wording); a style that shows no such list keeps its markers as plain text.
+    """
+    from aigc.citations import link_markers
+
+    if not count:
+        return html
+    lists = list(re.finditer(r"<ol>\n?(.*?)</ol>", html, flags=re.S))
+    target = next((m for m in reversed(lists) if m.group(1).count("<li>") == count), None)
+    if target is None:
+        return html
+    items = iter(range(1, count + 1))
+    block = re.sub(r"<li>", lambda _: f'<li id="ref-{next(items)}">', target.group(0))
+    head, tail = html[:target.start()], html[target.end():]
+    return link_markers(head) + block + link_markers(tail)
+
+
+def evaluation_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The citation figures of an article's record for its evaluation (empty without sources)."""
+    report = record.get("citations")
+    if not report:
+        return {}
+    return {"citation_support_rate": report.get("support_rate"), "cited_share": report.get("cited_share"),
+            "unsupported_claims": len(report.get("unsupported_claims", ())),
+            "citation_markers_removed": report.get("markers_removed")}
+
+
+def strip_markers(text: str) -> str:
+    """Text without its ``[n]`` markers (for measures of the prose itself)."""
+    from aigc.citations import MARKER
+
+    return re.sub(r"[ \t]+(?=[.,;:!?])", "", MARKER.sub("", text))
