@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     kind, fn = outline_function(args.fn)
     print(f"aigc from {Path(aigc.__file__).parent}; outline step: {kind}", flush=True)
     backend = Recorder(get_backend("local", **json.loads(args.backend_options)))
-    store = TemplateStore()
+    store = TemplateStore()  # ./templates, or AIGC_TEMPLATES_DIR (set it when running another tree's aigc)
+    print(f"templates from {store.root}", flush=True)
     t0 = time.perf_counter()
     if hasattr(backend, "load"):
         backend.load()
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         items = load_batch(args.everyday).items[: args.limit]
         sets.append(("everyday", [it.spec.model_copy(update={"seed": args.seed}) for it in items], None))
 
-    report: dict[str, Any] = {"aigc": str(Path(aigc.__file__).parent), "outline_step": kind, "sets": {}, "summary": []}
+    report: dict[str, Any] = {"aigc": str(Path(aigc.__file__).parent), "templates": str(store.root), "outline_step": kind,
+                              "sets": {}, "summary": []}
     results_path = out / "results.json"
     for name, specs, golden in sets:
         t0 = time.perf_counter()
