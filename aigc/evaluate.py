@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 from aigc.article_text import ParsedArticle, Section, norm_title, parse_article
-from aigc.cleanup import split_words
 from aigc.errors import InputError
 from aigc.perplexity import load_lm, perplexity
+from aigc.quality import QUALITY_COLUMNS, evaluate_quality
+from aigc.textstats import distinct_n, length_score, ngrams, repeated_ngrams, tokens  # noqa: F401  (re-exported)
 
 # -- cheap metrics ----------------------------------------------------------------------------------
-
-
-def length_score(requested: int | float, produced: int | float) -> float:
-    """LongWriter's length score S_l of ``produced`` words y against ``requested`` words x (0-100).
-
-    y > x: 100·max(0, 1-(y/x-1)/3); y < x: 100·max(0, 1-(x/y-1)/2); y == x: 100; y == 0: 0.
-    So twice the words asked scores 66.67, half scores 50, four times scores 0.
-    """
-    x, y = float(requested), float(produced)
-    if x <= 0:
-        raise ValueError("requested words must be positive")
-    if y <= 0:
-        return 0.0
-    if y > x:
-        return 100.0 * max(0.0, 1.0 - (y / x - 1.0) / 3.0)
-    if y < x:
-        return 100.0 * max(0.0, 1.0 - (x / y - 1.0) / 2.0)
-    return 100.0
 
 
 def outline_coverage(article: ParsedArticle, outline: Sequence[str] | None = None, *, min_words: int = 20) -> dict:
@@ -63,49 +45,6 @@ def outline_coverage(article: ParsedArticle, outline: Sequence[str] | None = Non
     }
 
 
-def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens, counted as :func:`aigc.cleanup.words` counts words."""
-    return [t.lower() for t in split_words(text)]
-
-
-def ngrams(toks: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float | None:
-    """Distinct-n: unique n-grams / all n-grams, pooled over ``texts`` (n-grams never span two texts).
-
-    None when the texts hold no n-gram at all.
-    """
-    grams = [g for t in texts for g in ngrams(tokens(t), n)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def repeated_ngrams(sections: Sequence[str], n: int = 4) -> dict:
-    """Shares of repeated n-gram occurrences, inside sections and across sections.
-
-    Every position of a section's token list starts one n-gram occurrence; T is the number of
-    occurrences over all sections.
-
-    - ``within``: occurrences whose n-gram occurs more than once in its own section, / T
-      (every copy counts: "a b c d a b c d" has 5 occurrences, 2 of them repeated -> 0.4).
-    - ``across``: occurrences whose n-gram also occurs in at least one other section, / T.
-
-    Both are None when T is 0.
-    """
-    grams = [ngrams(tokens(s), n) for s in sections]
-    counts = [Counter(g) for g in grams]
-    seen_in: Counter = Counter(g for c in counts for g in c)  # number of sections holding each n-gram
-    total = sum(len(g) for g in grams)
-    within = sum(1 for c, g in zip(counts, grams) for x in g if c[x] > 1)
-    across = sum(1 for g in grams for x in g if seen_in[x] > 1)
-    return {
-        "within": within / total if total else None,
-        "across": across / total if total else None,
-        "ngrams": total,
-    }
-
-
 def repetition(article: ParsedArticle) -> dict:
     """distinct-1, distinct-2 and repeated 4-gram shares over the article's section bodies."""
     bodies = [s.body for s in article.sections]
@@ -123,13 +62,15 @@ def repetition(article: ParsedArticle) -> dict:
 
 def evaluate_article(markdown: str, record: dict | None = None, *, requested_words: int | None = None,
                      outline: Sequence[str] | None = None, cheap: bool = True, perplexity_model: str | None = None,
-                     judge_backend: Any = None, min_section_words: int = 20) -> dict:
+                     judge_backend: Any = None, min_section_words: int = 20,
+                     quality: bool = True) -> dict:
     """Metrics of one article as a JSON-able dict (metric name -> value; None where not measured).
 
     Requested words and outline come from the arguments, else from ``record`` (article.json:
     ``requested.words``, ``outline.titles``). Length, coverage and repetition always run (cheap,
     pure Python). Perplexity runs when ``cheap`` is False or ``perplexity_model`` is given
-    (default model: the embedded one); the judge runs when ``judge_backend`` is given.
+    (default model: the embedded one); the judge runs when ``judge_backend`` is given. ``quality`` adds
+    :func:`aigc.quality.evaluate_quality` (relevance, meta-text rate, redundancy, the quality figure).
     """
     record = record or {}
     if requested_words is None:
@@ -150,6 +91,10 @@ def evaluate_article(markdown: str, record: dict | None = None, *, requested_wor
         "coverage_basis": cov["basis"],
         **repetition(art),
     }
+    if quality:  # relevance, meta-text, redundancy and the overall figure (sentence embeddings)
+        topic = record.get("topic") or art.title or ""
+        result.update(evaluate_quality(topic, [s.title for s in art.sections], [s.body for s in art.sections],
+                                       length_score=result["length_score"], coverage=result["coverage"]))
     if not cheap or perplexity_model is not None:
         lm, tokenizer, model_id = load_lm(perplexity_model)
         result["perplexity"] = perplexity([art.body], lm=lm, tokenizer=tokenizer)[0]
@@ -236,6 +181,7 @@ COLUMNS = {
     "distinct_2": ("distinct-2", "{:.3f}"),
     "repeated_4gram_within": ("rep4 within", "{:.3f}"),
     "repeated_4gram_across": ("rep4 across", "{:.3f}"),
+    **QUALITY_COLUMNS,
     "perplexity": ("perplexity", "{:.1f}"),
     "judge_mean": ("judge 1-5", "{:.2f}"),
     "judge_score": ("judge 0-100", "{:.1f}"),

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from aigc.evaluate import length_score as _length_score, ngrams, repeated_ngrams, tokens
+from aigc.textstats import length_score as _length_score, ngrams, repeated_ngrams, tokens
 
 # -- meta-text --------------------------------------------------------------------------------------
 

@@ -193,32 +193,34 @@ def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: 
 def choose(specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]],
            drafts: dict[tuple[int, int], list[dict]], *, rescore: Rescore | None = None
            ) -> dict[tuple[int, int], dict]:
-    """Keep the best candidate of each section by :func:`aigc.quality.score_sections` (all scored in one batch).
+    """Keep the best candidate of each section by :func:`aigc.quality.score_sections` (one scoring call per article).
 
-    A section is scored against its title, the topic, its word budget and the sections chosen
-    before it (overlap); the chosen result records every candidate's scores. ``rescore(a, i, bodies)``
-    gives points to add to the candidates' totals (or None): with sources, their checked citations.
+    A candidate is scored on its relevance to its title and to the topic, meta-text, repetition inside
+    it, overlap with the other sections' candidates and fit to the word budget; the chosen result
+    records every candidate's scores and which one won. ``rescore(a, i, bodies)`` gives points to add
+    to the candidates' totals (or None): with sources, their checked citations.
     """
-    single = {key: {**found[0]} for key, found in drafts.items() if len(found) == 1}
-    if len(single) == len(drafts):
-        return single
-    from aigc.quality import score_sections
-
-    chosen: dict[tuple[int, int], dict] = dict(single)
+    chosen = {key: {**found[0]} for key, found in drafts.items() if len(found) == 1}
     for a, titles in enumerate(outlines):
-        for i, title in enumerate(titles):
+        keys = [(a, i) for i in range(len(titles)) if len(drafts[a, i]) > 1]
+        if not keys:
+            continue
+        from aigc.quality import score_sections
+
+        rows = [(i, d) for _, i in keys for d in drafts[a, i]]
+        others = [[d["body"] for j in range(len(titles)) if j != i for d in drafts[a, j]] for i, _ in rows]
+        scores = score_sections(specs[a].topic, [titles[i] for i, _ in rows], [d["body"] for _, d in rows],
+                                other_bodies=others, target_words=specs[a].section_words)
+        for _, i in keys:
             found = drafts[a, i]
-            if len(found) == 1:
-                continue
-            others = [chosen[a, j]["body"] for j in range(i) if chosen[a, j]["body"]]
-            scores = score_sections(specs[a].topic, title, [d["body"] for d in found], others, specs[a].section_words)
+            mine = [sc for (r, _), sc in zip(rows, scores) if r == i]
             points = rescore(a, i, [d["body"] for d in found]) if rescore else None
-            for sc, p in zip(scores, points or ()):  # sources: text that cites its passages rightly wins
+            for sc, p in zip(mine, points or ()):  # sources: text that cites its passages rightly wins
                 sc["citations"], sc["total"] = p, sc["total"] + p
-            best = max(range(len(found)), key=lambda c: (scores[c]["total"], -c))
+            best = max(range(len(found)), key=lambda c: (mine[c]["total"], -c))
             usage = {k: sum(d[k] for d in found) for k in ("prompt_tokens", "completion_tokens", "seconds")}
             chosen[a, i] = {**found[best], **usage, "chosen": best,
-                            "candidates": [{"words": d["words"], **_rounded(sc)} for d, sc in zip(found, scores)]}
+                            "candidates": [_rounded({k: v for k, v in sc.items() if k != "title"}) for sc in mine]}
     return chosen
 
 

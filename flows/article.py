@@ -29,17 +29,59 @@ def _store(templates_dir: str | None) -> TemplateStore:
     return TemplateStore(templates_dir)
 
 
+@task(name="index")
+def index_task(specs: list[dict]) -> list[dict | None]:
+    """Index the sources of the articles that name some, with progress (not cached here: the index caches itself)."""
+    logger = get_run_logger()
+    progress = _Progress()
+    summaries = pipeline.index_sources([ArticleSpec(**d) for d in specs], progress=lambda msg: progress(logger, msg))
+    for s in summaries:
+        if s and "error" in s:
+            logger.error("Sources: %s", s["error"])
+        elif s:
+            logger.info("Sources %s: %d passages of %d documents (%d embedded now) in %.1f s%s", ", ".join(s["paths"]),
+                        s["passages"], s["documents"], s["stats"].get("embedded", 0), s["stats"].get("seconds", 0.0),
+                        "".join(f"; {w}" for w in s["warnings"][:3]))
+    return summaries
+
+
+class _Progress:
+    """Indexing progress as log lines and a Prefect progress artifact (best-effort)."""
+
+    def __init__(self) -> None:
+        self.artifact = None
+
+    def __call__(self, logger: Any, message: str) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        logger.info("Indexing %s", message)
+        if "embedding" not in message and "indexed" not in message:
+            return
+        done, _, total = message.rpartition(" ")[2].partition("/")
+        percent = 100.0 * int(done) / int(total) if done.isdigit() and total.isdigit() and int(total) else 100.0
+        try:
+            if self.artifact is None:
+                self.artifact = create_progress_artifact(progress=percent, description="aigc: indexing the sources")
+            else:
+                update_progress_artifact(self.artifact, progress=percent)
+        except Exception as err:  # noqa: BLE001 - a server that went away costs the progress bar, not the index
+            logger.warning("indexing progress not published: %s", err)
+
+
 @task(name="outline", cache_policy=CACHE_POLICY, persist_result=True, **RETRIES)
-def outline_task(specs: list[dict], templates_dir: str | None, template_shas: list[str], version: str) -> list[dict]:
-    """Outlines of every article, generated in shared backend calls. Cached on the specs and the outline templates' content."""
+def outline_task(specs: list[dict], templates_dir: str | None, template_shas: list[str], version: str,
+                 source_keys: list[str | None] | None = None) -> list[dict]:
+    """Outlines of every article, generated in shared backend calls. Cached on the specs, the outline templates'
+    content and the sources' index keys."""
     s = [ArticleSpec(**d) for d in specs]
     return pipeline.make_outlines(s, _store(templates_dir), pipeline.backend_for(s[0]))
 
 
 @task(name="sections", cache_policy=CACHE_POLICY, persist_result=True, **RETRIES)
 def sections_task(specs: list[dict], outlines: list[dict], templates_dir: str | None, template_shas: list[str],
-                  version: str) -> list[dict]:
-    """Every section of every article in one batch. Cached on the specs, outlines and the section templates' content."""
+                  version: str, source_keys: list[str | None] | None = None) -> list[dict]:
+    """Every section of every article in one batch. Cached on the specs, outlines, the section templates' content
+    and the sources' index keys."""
     s = [ArticleSpec(**d) for d in specs]
     return pipeline.make_sections(s, outlines, _store(templates_dir), pipeline.backend_for(s[0]))
 
@@ -74,15 +116,20 @@ def write_group(specs: Sequence[ArticleSpec], *, templates_dir: str | None = Non
     data = [s.model_dump(mode="json") for s in specs]
     infos = [pipeline.template_info(s, store) for s in specs]
     steps: dict[str, str] = {}
+    keys: dict[str, Any] = {}  # without sources, the steps' inputs are what they always were
     try:
-        state = outline_task(data, templates_dir, [i["outline"]["sha256"] for i in infos], steps_version(),
+        if any(s.sources for s in specs):  # indexing first, its own task: the steps below load the saved index
+            state = index_task(data, return_state=True)
+            summaries, steps["index"] = state.result(), state.name
+            keys["source_keys"] = [s.get("key") if s else None for s in summaries]
+        state = outline_task(data, templates_dir, [i["outline"]["sha256"] for i in infos], steps_version(), **keys,
                              return_state=True)
         outlines, steps["outline"] = state.result(), state.name
         if logger:
             logger.info("Sections: %d articles, %d sections in one batch", len(specs),
                         sum(len(o.get("titles", ())) for o in outlines))
         state = sections_task(data, outlines, templates_dir, [i["section"]["sha256"] for i in infos], steps_version(),
-                              return_state=True)
+                              **keys, return_state=True)
         sections, steps["sections"] = state.result(), state.name
     except AigcError as err:
         return [err] * len(specs), steps
@@ -134,18 +181,22 @@ def article_flow(
     section_candidates: int | None = None,
     topic_from_brief: bool = False,
     sections_from_length: bool = False,
+    sources: list[str] | None = None,
+    text_field: str = "text",
 ) -> dict:
     """Write one article or report: outline -> sections -> assembly -> outputs/<slug>/article.{md,html,json}.
 
     ``brief``: free-text instructions (a topic is derived from it when none is given); ``lang``: the
     language (detected from topic and brief when not given); ``sections``: chosen from the length and
-    the style when not given.
+    the style when not given. ``sources``: folders and files to ground it in (docs/sources.md), e.g.
+    ``-p sources='["notes/"]'``; relative paths are read from the folder the flow runs in.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     extra = {k: v for k, v in dict(outline_candidates=outline_candidates, section_candidates=section_candidates,
                                    topic_from_brief=topic_from_brief or None,
-                                   sections_from_length=sections_from_length or None).items() if v is not None}
+                                   sections_from_length=sections_from_length or None, sources=sources or None,
+                                   text_field=text_field if sources else None).items() if v is not None}
     spec = build_spec(
         topic=topic, style=style, sections=sections, words=words, seed=seed, backend=backend, model=model,
         base_url=base_url, outline=outline, temperature=temperature, top_p=top_p, backend_options=backend_options,
@@ -178,7 +229,29 @@ def _artifact(spec: ArticleSpec, written: dict, record: dict) -> None:
         description=f"aigc article: {spec.topic}",
         markdown=(
             f"# {spec.topic}\n\nStatus: **{written['status']}** in `{written['folder']}`\n\n{files}\n\n"
-            f"| section | words | finish |\n|---|---|---|\n{sections}\n\n"
+            f"| section | words | finish |\n|---|---|---|\n{sections}\n\n{_quality_line(record)}{_citations_line(record)}"
             f"Model: `{record['model']}` ({record['backend'].get('backend')}), seed {record['generation']['seed']}\n"
         ),
     )
+
+
+def _quality_line(record: dict) -> str:
+    """The evaluation's headline figures (see docs/evaluation.md), as a line of the artifact."""
+    ev = record.get("evaluation") or {}
+    shown = [("quality", "quality {:.1f}"), ("length_score", "length score {:.1f}"), ("coverage", "coverage {:.0%}"),
+             ("relevance_title", "relevance to titles {:.2f}"), ("relevance_topic", "to the topic {:.2f}"),
+             ("meta_rate", "meta-text {:.1%}"), ("redundancy", "redundancy {:.2f}")]
+    parts = [fmt.format(ev[k]) for k, fmt in shown if isinstance(ev.get(k), (int, float))]
+    return f"Evaluation: {', '.join(parts)}\n\n" if parts else ""
+
+
+def _citations_line(record: dict) -> str:
+    """With sources: the citation figures and the References' size, as a line of the artifact."""
+    c = record.get("citations")
+    if not c:
+        return ""
+    rate = "n/a" if c.get("support_rate") is None else f"{c['support_rate']:.0%}"
+    share = "n/a" if c.get("cited_share") is None else f"{c['cited_share']:.0%}"
+    return (f"Citations: {c['supported']} of {c['markers']} supported ({rate}), {share} of sentences cited, "
+            f"{c['markers_removed']} removed, {len(c['unsupported_claims'])} unsupported claims; "
+            f"{len(record.get('references', ()))} references from {record['sources']['documents']} documents\n\n")
