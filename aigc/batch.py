@@ -19,7 +19,8 @@ from aigc.spec import ArticleSpec
 
 #: Fields an item (or the defaults) may set. model and base_url go into backend_options.
 FIELDS = ("topic", "brief", "lang", "style", "backend", "model", "base_url", "sections", "words", "seed", "outline",
-          "temperature", "top_p", "backend_options", "outline_candidates", "section_candidates")
+          "temperature", "top_p", "backend_options", "outline_candidates", "section_candidates", "sources",
+          "text_field")
 TOP_KEYS = ("name", "defaults", "items")
 BACKEND_FIELDS = ("model", "base_url", "backend_options")
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -157,6 +158,8 @@ def _read_csv(text: str, source: str) -> tuple[None, dict, list[tuple[int | None
             if values:
                 if "outline" in values:
                     values["outline"] = [t.strip() for t in values["outline"].split(OUTLINE_SEPARATOR) if t.strip()]
+                if "sources" in values:  # several paths: a|b, as the outline's titles
+                    values["sources"] = [t.strip() for t in values["sources"].split(OUTLINE_SEPARATOR) if t.strip()]
                 if "backend_options" in values:
                     values["backend_options"] = _json_cell(values["backend_options"], f"{source}:{start}")
                 rows.append((start, values))
@@ -230,6 +233,8 @@ def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[st
         options["base_url"] = stash(options["base_url"])
     merged = {k: v for k, v in {**base, **values}.items() if k not in BACKEND_FIELDS}
     merged["backend_options"] = options
+    if merged.get("sources") is not None:
+        merged["sources"] = _source_paths(merged["sources"], source, where)
     outline = merged.get("outline")
     if outline is not None:
         if isinstance(outline, str):
@@ -245,6 +250,16 @@ def _item(source: str, index: int, line: int | None, raw: Any, defaults: dict[st
         merged["sections"] = len(merged["outline"])
     return BatchItem(index=index, line=line, spec=ArticleSpec.build(source=where, templates_dir=templates_dir,
                                                                     **merged), where=where)
+
+
+def _source_paths(sources: Any, batch_file: str, where: str) -> list[str]:
+    """An item's sources (a path or a list of them), relative paths taken from the batch file's folder."""
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not all(isinstance(s, str) and s.strip() for s in sources):
+        raise InputError(f"{where}: sources: must be a path or a list of paths, e.g. sources: [notes/, briefs.jsonl]")
+    base = resolve_batch_path(batch_file).parent
+    return [s if Path(s).expanduser().is_absolute() else str(base / s) for s in (s.strip() for s in sources)]
 
 
 def _no_duplicates(items: list[BatchItem]) -> tuple[list[BatchItem], list[str]]:
@@ -346,6 +361,10 @@ def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -
     store.check_style(spec.style)
     hashes = {step: info["sha256"] for step, info in template_info(spec, store).items()}
     backend = backend_for(spec)  # validates options; loads no model
+    if spec.sources:  # the documents are inputs too (read and split here, not embedded)
+        from aigc.index import source_key
+
+        hashes["sources"] = source_key(list(spec.sources), text_field=spec.text_field)
     key = inputs_key(spec, hashes, backend.describe().get("model", ""))
     done = find_existing(folder, slugify(spec.topic), key)
     return Plan(item, key, backend_key(spec), backend.concurrent_articles(spec.sections), done)

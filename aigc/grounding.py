@@ -101,7 +101,8 @@ def outline_contexts(specs: Sequence[ArticleSpec]) -> list[dict[str, Any] | Aigc
             out.append(index)  # None or the error
             continue
         best = found[0]
-        out.append({"source_headings": list(dict.fromkeys(p.heading for p in best if p.heading)),
+        heads = (p.heading.rsplit(" > ", 1)[-1] for p in best if p.heading and p.heading != p.title)
+        out.append({"source_headings": list(dict.fromkeys(heads)),  # innermost headings: what a section may be
                     "source_passages": passages_for_prompt(best[:OUTLINE_PASSAGES], max_words=OUTLINE_PASSAGE_WORDS)})
     return out
 

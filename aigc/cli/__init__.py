@@ -14,6 +14,7 @@ from aigc import __version__
 from aigc.cli.batch import batch_command, serve_command
 from aigc.cli.eval import eval_command
 from aigc.cli.finetune import finetune_command
+from aigc.cli.index import index_command
 from aigc.cli.prepare import prepare_command
 from aigc.cli.templates import templates_group
 from aigc.cli.write import write_command
@@ -29,6 +30,7 @@ def main(verbose: bool) -> None:
     Examples:
       aigc write "Urban heat islands" --style report --sections 5 --words 1200
       aigc write "Urban heat islands" --backend openai --model gpt-4o-mini
+      aigc write "Flood defences" --style report --sources notes/
       aigc templates list
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -37,10 +39,10 @@ def main(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # aigc runs offline: no anonymous usage report from the temporary server (it also raced its SQLite writes).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "transformers"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "transformers", "faiss", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 for _command in (write_command, prepare_command, templates_group, batch_command, serve_command, eval_command,
-                 finetune_command):
+                 finetune_command, index_command):
     main.add_command(_command)

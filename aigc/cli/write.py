@@ -25,11 +25,47 @@ def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -
     titles = [f"Section {i + 1}" for i in range(spec.sections)]
     store.render_messages(store.template_name(spec.style, "section", spec.lang), section_context(spec, titles, 0))
     render_document(spec, [{"title": t, "body": "Text."} for t in titles], store, model_id="check")
+    if spec.sources:
+        check_sources(spec, store, titles)
     create_backend(spec.backend, **spec.backend_options)  # validates options and keys; loads nothing
     from aigc.outputs import check_writable
     from aigc.paths import outputs_dir as default_outputs
 
     check_writable(Path(outputs_dir) if outputs_dir else default_outputs())
+
+
+def check_sources(spec, store, titles: list[str]) -> None:
+    """--sources: every path exists, and the templates render with passages and References (nothing read yet)."""
+    from aigc.assemble import render_document
+    from aigc.errors import InputError
+    from aigc.sections import section_context
+
+    for path in spec.sources:
+        if not Path(path).expanduser().exists():
+            raise InputError(f"--sources {path}: no such file or folder")
+    sample = [{"number": 1, "text": "Text.", "title": "Title", "heading": "Heading", "document": "notes/a.md",
+               "location": "line 1", "link": None, "hash": "0" * 16}]
+    store.render_messages(store.template_name(spec.style, "outline", spec.lang),
+                          spec.template_context(source_headings=["Heading"], source_passages=sample))
+    store.render_messages(store.template_name(spec.style, "section", spec.lang),
+                          {**section_context(spec, titles, 0), "passages": sample})
+    render_document(spec, [{"title": t, "body": "Text [1]."} for t in titles], store, model_id="check",
+                    references=[{**sample[0], "number": 1, "url": None}])
+
+
+class SourcesCommand(click.Command):
+    """``--sources a b c``: every argument after --sources, up to the next option, is a source (put TOPIC first)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        greedy = False
+        for n, arg in enumerate(args):
+            if greedy and arg != "--" and not arg.startswith("-") and args[n - 1] != "--sources":
+                out += ["--sources", arg]
+                continue
+            greedy = greedy and not arg.startswith("-") or arg == "--sources" or arg.startswith("--sources=")
+            out.append(arg)
+        return super().parse_args(ctx, out)
 
 
 def read_brief(brief: str | None, brief_file: str | None) -> str | None:
@@ -67,7 +103,7 @@ def summary_line(result: dict) -> str:
     return line
 
 
-@click.command("write")
+@click.command("write", cls=SourcesCommand)
 @click.argument("topic", required=False)
 @click.option("--brief", help="What to write, in your words (up to 20,000 characters): audience, points to cover "
                               "('1. ... 2. ...'), tone. Without TOPIC a short title is derived from it.")
@@ -76,7 +112,7 @@ def summary_line(result: dict) -> str:
 @click.option("--style", "-s", default="article", show_default=True, envvar="AIGC_STYLE", help=STYLE_HELP)
 @click.option("--sections", "-n", type=click.IntRange(1, 20),
               help="Number of sections [chosen from the length and style: 100 words is one section].")
-@click.option("--words", "-w", type=click.IntRange(50, 10000), default=800, show_default=True,
+@click.option("--words", "-w", type=int, default=800, show_default=True,
               help="Length of the whole body (50-10000; characters for Chinese, Japanese, Korean); each section "
                    "gets an equal share.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same inputs: same text.")
@@ -98,6 +134,10 @@ def summary_line(result: dict) -> str:
 @click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False),
               help="Folder of style packs [./templates].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing article of the same name.")
+@click.option("--sources", multiple=True, metavar="PATH...",
+              help="Ground the text in these documents and cite them: folders (.md .txt .html .pdf), .jsonl/.csv/"
+                   ".parquet files, saved datasets; all paths after --sources up to the next option.")
+@click.option("--text-field", default="text", show_default=True, help="The text field of JSONL/CSV/Parquet sources.")
 def write_command(topic: str | None, brief: str | None, brief_file: str | None, outline_file: str | None,
                   outputs_dir: str | None, templates_dir: str | None, model: str | None, base_url: str | None,
                   api_key_env: str | None, concurrency: int | None, extra_options: tuple[str, ...], overwrite: bool,
@@ -112,6 +152,7 @@ def write_command(topic: str | None, brief: str | None, brief_file: str | None, 
       aigc write "Urban heat islands" --style report --words 1500
       aigc write --style email --words 100 --brief "Thank the bank teller who helped me open an account."
       aigc write "城市热岛效应" --words 800     # Chinese, counted in characters
+      aigc write "2022 Istanbul bombing" --style report --sources notes/ briefings.jsonl
     """
     from aigc.spec import ArticleSpec
 
@@ -121,6 +162,11 @@ def write_command(topic: str | None, brief: str | None, brief_file: str | None, 
         if outline:
             params["sections"] = len(outline)
         brief = read_brief(brief, brief_file)
+        if params.get("sources"):
+            params["sources"] = list(params["sources"])
+        else:
+            params.pop("sources", None)
+            params.pop("text_field", None)
         spec = ArticleSpec.build(source="aigc write", templates_dir=templates_dir, topic=topic, brief=brief,
                                  outline=outline, backend_options=options, **params)
         preflight(spec, templates_dir, outputs_dir)
