@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from aigc.cleanup import split_words, words
 
 #: Section headings that are navigation, not content.
-TOC_TITLES = {"contents", "table of contents", "toc", "in this article"}
+TOC_TITLES = {"contents", "table of contents", "toc", "in this article", "目录", "目次", "목차"}
+_TOC_KEYS = {t.replace(" ", "") for t in TOC_TITLES}  # CJK titles normalise to spaced characters
 _HEADING2 = re.compile(r"^##\s+(.*?)\s*#*\s*$")
 _NUMBERING = re.compile(r"^\s*(?:\d{1,3}|[ivxlc]{1,6}|[a-z])[.)]\s+", re.I)
 
@@ -87,7 +88,7 @@ def parse_article(markdown: str) -> ParsedArticle:
         return ParsedArticle(title=title, sections=[Section(title=title, body=body)] if body else [])
     for k, (i, head) in enumerate(heads):
         stop = heads[k + 1][0] if k + 1 < len(heads) else end
-        if norm_title(head) in TOC_TITLES:
+        if norm_title(head).replace(" ", "") in _TOC_KEYS:
             continue
         sections.append(Section(title=head, body="\n".join(lines[i + 1 : stop]).strip()))
     return ParsedArticle(title=title, sections=sections)

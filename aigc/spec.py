@@ -143,7 +143,9 @@ class ArticleSpec(BaseModel):
             per = values.pop("_words_per_section", None)
             if per is None and isinstance(values.get("style", "article"), str):
                 per = pack_words_per_section(values.get("style", "article"))
-            if isinstance(words, int) and MIN_WORDS <= words <= MAX_WORDS:
+            if not (isinstance(words, int) and MIN_WORDS <= words <= MAX_WORDS):
+                values.pop("sections", None)  # the words' own error is the one to say
+            else:
                 values["sections"], values["sections_from_length"] = auto_sections(words, per), True
                 if values["sections"] == 1 and not values.get("outline") and isinstance(values.get("topic"), str):
                     values["outline"] = single_outline(values["topic"])  # one section: no outline to plan

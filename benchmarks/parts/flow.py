@@ -39,7 +39,7 @@ def bench_flow(ctx: dict) -> dict:
         warm(backend)
         started = time.perf_counter()  # first flow call in the process: client start-up, flow registration
         with in_process_run():
-            article_flow(topic="Warm-up article", sections=1, words=30, seed=1, outline=["Warm up"],
+            article_flow(topic="Warm-up article", sections=1, words=50, seed=1, outline=["Warm up"],
                          outputs_dir=str(tmp / "warm"), **({"backend_options": common.threads_option()} if common.THREADS else {}))
         first_call = time.perf_counter() - started
         say(f"flow: warm-up flow call {first_call:.1f} s (not counted)")
