@@ -138,6 +138,8 @@ class ArticleSpec(BaseModel):
             from aigc.languages import detect_lang
 
             values["lang"] = detect_lang(str(values.get("topic") or ""), brief or "")
+        if values.get("sections") is None and values.get("outline"):
+            values["sections"] = len(values["outline"])  # a given outline decides the number of sections
         if values.get("sections") is None:
             words = values.get("words", 800)
             per = values.pop("_words_per_section", None)
