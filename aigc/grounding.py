@@ -274,8 +274,10 @@ def link_references(html: str, count: int) -> str:
 
     if not count:
         return html
+    markers = [m.end() for m in re.finditer(r"\[\d{1,4}\]", html)]
     lists = list(re.finditer(r"<ol>\n?(.*?)</ol>", html, flags=re.S))
-    target = next((m for m in reversed(lists) if m.group(1).count("<li>") == count), None)
+    target = next((m for m in reversed(lists) if m.group(1).count("<li>") == count
+                   and m.start() > (markers[-1] if markers else 0)), None)  # after the text that cites it
     if target is None:
         return html
     items = iter(range(1, count + 1))
