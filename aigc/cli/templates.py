@@ -69,7 +69,7 @@ def templates_list(templates_dir: str | None) -> None:
 @click.argument("style")
 @click.option("--topic", "-t", required=True, help="The topic to render the prompts for.")
 @click.option("--sections", "-n", type=click.IntRange(1, 20), default=5, show_default=True)
-@click.option("--words", "-w", type=click.IntRange(30, 20000), default=800, show_default=True)
+@click.option("--words", "-w", type=click.IntRange(50, 10000), default=800, show_default=True)
 @click.option("--outline", "outline_file", metavar="FILE", help="Section titles for the section prompts.")
 @click.option("--templates-dir", envvar="AIGC_TEMPLATES_DIR", type=click.Path(file_okay=False))
 def templates_render(style: str, topic: str, sections: int, words: int, outline_file: str | None,
