@@ -177,3 +177,15 @@ def test_cli_write_with_a_brief_and_an_empty_section_says_so(fake_backend, tmp_p
     record = json.loads(next((tmp_path / "o").glob("*/article.json")).read_text())
     assert record["brief"] == "Explain it to {{ students }}."
     assert record["empty_sections"] == ["Causes", "Remedies"]
+
+
+def test_cli_write_with_a_brief_and_no_topic(fake_backend, tmp_path):
+    fake_backend.enqueue("Thank You, Ms Lee")
+    result = invoke("write", "--style", "email", "--words", "100", "--backend", "fake", "--brief",
+                    "Write a thank-you email to Ms Lee, the bank teller who helped me.", "--outputs", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "1 section," in result.output  # "Writing email '...' (1 section, ~100 words, en)"
+    folder = tmp_path / "a-thank-you-email-to-ms-lee-the-bank-teller-who-helped-me"
+    record = json.loads((folder / "article.json").read_text())
+    assert record["title"] == "Thank You, Ms Lee" and record["outline"]["titles"] == ["Thank You, Ms Lee"]
+    assert (folder / "article.md").read_text().startswith("# Thank You, Ms Lee\n")
