@@ -112,6 +112,8 @@ def expand_sections(
 TAIL_WORDS = 150
 #: A long section gets another step while it is shorter than this share of its target.
 CONTINUE_BELOW = 0.9
+#: A body is cut at the sentence end nearest its target when it runs this much over (aigc.cleanup.fit_length).
+LENGTH_SLACK = 0.15
 #: Seeds of continuation step n are n times this far from the article's seed.
 STEP_SEED_OFFSET = 2000
 
@@ -121,6 +123,11 @@ def max_steps(spec: ArticleSpec) -> int:
     (a model that stops early)."""
     steps = math.ceil(spec.section_words / STEP_WORDS)
     return 1 if steps <= 1 else steps + 1
+
+
+def _short(spec: ArticleSpec, words_so_far: int) -> bool:
+    """Whether a long section needs another step: under 90% of its target."""
+    return words_so_far < CONTINUE_BELOW * spec.section_words
 
 
 def tail(text: str, n_words: int = TAIL_WORDS) -> str:
@@ -169,7 +176,7 @@ def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: 
     for step in range(2, 1 + max((max_steps(s) for s in specs), default=1)):
         todo = [(a, i) for (a, i), r in sorted(results.items())
                 if r["steps"] == step - 1 and step <= max_steps(specs[a]) and r["words"] >= MIN_SECTION_WORDS
-                and r["words"] < CONTINUE_BELOW * specs[a].section_words]
+                and _short(specs[a], r["words"])]
         if not todo:
             return
         requests = [continuation_request(specs[a], outlines[a], i, results[a, i]["body"], step, store)
@@ -186,7 +193,7 @@ def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: 
             r["seconds"] = round(r["seconds"] + completion.seconds, 3)
             if words(added) < MIN_SECTION_WORDS:  # nothing new: the section ends here
                 continue
-            r["body"] = fit_length(r["body"] + "\n\n" + added, specs[a].section_words)
+            r["body"] = fit_length(r["body"] + "\n\n" + added, specs[a].section_words, slack=LENGTH_SLACK)
             r["words"], r["steps"], r["finish_reason"] = words(r["body"]), step, completion.finish_reason
 
 
@@ -233,7 +240,7 @@ def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, att
     body = clean_section(
         completion.text, title=titles[i], other_titles=others, truncated=completion.finish_reason == "length"
     )
-    body = fit_length(body, spec.section_words)
+    body = fit_length(body, spec.section_words, slack=LENGTH_SLACK)
     return {
         "title": titles[i],
         "body": body,

@@ -1,7 +1,7 @@
 """Requests benchmark: realistic writing requests (briefs, forms, lengths, languages) through the pipeline.
 
     python benchmarks/requests.py                                   # data/requests/requests.jsonl, embedded model
-    python benchmarks/requests.py --max-items 8 --group 4           # a quick estimate
+    python benchmarks/requests.py --every 7 --group 4               # a quick estimate (7 requests of every form)
     python benchmarks/requests.py --lengths 100,400,1500            # the length table only (reduced)
     python benchmarks/requests.py --lengths 100,400,1500,3000,6000,10000 --skip-requests   # the full length table
     python benchmarks/requests.py --zh-stub                         # the Chinese requests through a loopback server
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", default=str(REPO / "data" / "requests" / "requests.jsonl"))
     parser.add_argument("--max-items", type=int)
+    parser.add_argument("--every", type=int, default=1, help="Every Nth request only (a spread-out sample).")
     parser.add_argument("--skip-requests", action="store_true", help="Only the length table.")
     parser.add_argument("--lengths", default="", help="Comma-separated lengths for the table, e.g. 100,400,1500.")
     parser.add_argument("--per-length", type=int, default=len(LENGTH_REQUESTS))
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"backend": f"{args.backend} {options}", "when": time.strftime("%Y-%m-%d %H:%M"),
                                "summaries": {}, "rows": {}}
     if not args.skip_requests:
-        specs, refused = load_requests(Path(args.file), args.max_items, args.backend, options)
+        specs, refused = load_requests(Path(args.file), None, args.backend, options)
+        specs = specs[::args.every][:args.max_items]
         rows = run_specs(specs, args.backend, options, args.group, out / "requests")
         results["rows"]["requests"], results["summaries"]["requests"] = rows, summarize(rows, refused)
         results["summaries"]["requests"]["refused_lines"] = refused
