@@ -2,7 +2,8 @@
 
     python benchmarks/grounded.py                          # index (cold, warm, one file changed) + retrieval
     python benchmarks/grounded.py --cache /tmp/gidx        # keep the index between runs (cold is then not cold)
-    python benchmarks/grounded.py --write --limit 3        # + articles with and without sources (needs the wiring)
+    python benchmarks/grounded.py --write --limit 3        # + 8-section reports with and without sources
+    python benchmarks/grounded.py --write-only --limit 2 --cache /tmp/gidx   # only the reports (index kept)
 
 Corpus: all 49 FreshWiki dev articles (``../shared/data/freshwiki-dev/txt``). Retrieval: for every topic
 and each of its human ``#``/``##`` headings, the query is "topic heading"; a hit is a passage of the right
@@ -42,6 +43,16 @@ def human_headings(path: Path) -> list[str]:
             if title:
                 out.append(title)
     return out
+
+
+def article_body(path: Path) -> str:
+    """A FreshWiki article up to its References / External links / See also / Notes (their ISBNs are no facts)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.lstrip("#").strip().lower() in STOP_HEADINGS:
+            break
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def topics(data: Path) -> list[dict[str, Any]]:
@@ -126,37 +137,76 @@ def measure_retrieval(index: Any, data: Path, ks: tuple[int, ...] = (1, 5, 8), l
     return out
 
 
-def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int) -> dict[str, Any]:
-    """Articles with and without sources, scored for citations and entity recall.
+def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int, root: Path, words: int = 800,
+                   topic_names: list[str] | None = None) -> dict[str, Any]:
+    """Reports with and without sources (all 49 articles, the topic's own included), through ``write_article``.
 
-    TODO(wiring): needs ``aigc.pipeline.write_article(spec)`` with a ``sources`` field on the spec and the
-    citation report in the result record (``record["citations"]``). Until then this reports what is missing.
+    Per topic and variant: wall seconds (the model and embeddings warmed up first), the record's step
+    timings, citation figures (support rate, share of sentences cited, unsupported claims) and the recall
+    of the source article's names and numbers (its References list cut first: it names the sources).
     """
+    import aigc.index
     from aigc.citations import entity_recall
+    from aigc.pipeline import write_article
+    from aigc.spec import ArticleSpec
 
-    try:
-        from aigc.pipeline import write_article
-        from aigc.spec import ArticleSpec
-    except ImportError as exc:
-        return {"skipped": f"pipeline not importable: {exc}"}
-    if "sources" not in ArticleSpec.model_fields:
-        return {"skipped": "ArticleSpec has no 'sources' field yet (the pipeline wiring is pending)"}
+    aigc.index.index_root = lambda: root  # the index measured above; the user's cache untouched
+    outputs = Path(os.environ["AIGC_OUTPUTS_DIR"])
+    chosen = [t for t in topics(data) if not topic_names or t["topic"] in topic_names][:limit]
+    warm = ArticleSpec(topic="Warm-up", style="report", sections=1, words=50, outline=("Warm-up",))
+    write_article(warm, overwrite=True)  # loads the model (not timed)
+    from aigc.embeddings import embed
+
+    embed(["warm up"])
+    aigc.index.build_index([corpus_dir])  # built or loaded before any timing (its cost: "indexing" above)
     rows = []
-    for t in topics(data)[:limit]:
-        reference = (data / t["file"]).read_text(encoding="utf-8")
+    for t in chosen:
+        reference = article_body(data / t["file"])
         row: dict[str, Any] = {"topic": t["topic"]}
         for label, extra in (("plain", {}), ("grounded", {"sources": [str(corpus_dir)]})):
-            spec = ArticleSpec(topic=t["topic"], style="report", sections=sections, **extra)
+            spec = ArticleSpec(topic=t["topic"], style="report", sections=sections, words=words, **extra)
             start = time.perf_counter()
-            result = write_article(spec)
+            result = write_article(spec, overwrite=True, root=outputs / label)
             seconds = time.perf_counter() - start
             text = (result.folder / "article.md").read_text(encoding="utf-8")
             text = re.split(r"(?m)^#{1,3} (?:References|Sources)\s*$", text)[0]  # its list names the sources
-            row[label] = {"seconds": round(seconds, 1), "entity_recall": entity_recall(text, reference),
-                          "citations": result.record.get("citations")}  # TODO(wiring): the record's key
+            record = result.record
+            c = record.get("citations") or {}
+            row[label] = {
+                "seconds": round(seconds, 1), "timings": record.get("timings"), "words": record.get("body_words"),
+                "entity_recall": entity_recall(text, reference),
+                "citations": {k: c.get(k) for k in ("markers", "supported", "support_rate", "sentences",
+                                                    "cited_sentences", "cited_share", "markers_removed")} if c else None,
+                "unsupported_claims": len(c.get("unsupported_claims", ())) if c else None,
+                "references": len(record.get("references", ())),
+                "own_article_cited": sum(Path(r["document"]).name == Path(t["file"]).name
+                                         for r in record.get("references", ())),
+                "folder": str(result.folder)}
+            print(json.dumps({t["topic"]: {label: {k: v for k, v in row[label].items() if k != "timings"}}}), flush=True)
         row["time_ratio"] = round(row["grounded"]["seconds"] / max(row["plain"]["seconds"], 1e-9), 2)
         rows.append(row)
-    return {"articles": rows}
+    return {"articles": rows, "summary": summarize_articles(rows)}
+
+
+def summarize_articles(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the topics: recall with and without sources, citation figures, the time ratio."""
+    def mean(values: list[float | None]) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(statistics.mean(values), 3) if values else None
+
+    out: dict[str, Any] = {"topics": len(rows)}
+    for label in ("plain", "grounded"):
+        for key in ("recall", "names_recall", "numbers_recall"):
+            out[f"{label}_{key}"] = mean([r[label]["entity_recall"].get(key) for r in rows])
+        out[f"{label}_seconds"] = mean([r[label]["seconds"] for r in rows])
+    cites = [r["grounded"]["citations"] or {} for r in rows]
+    markers = sum(c.get("markers") or 0 for c in cites)
+    out["support_rate"] = round(sum(c.get("supported") or 0 for c in cites) / markers, 3) if markers else None
+    out["cited_share"] = mean([c.get("cited_share") for c in cites])
+    out["markers"] = markers
+    out["unsupported_claims_per_article"] = mean([r["grounded"]["unsupported_claims"] for r in rows])
+    out["time_ratio"] = mean([r["time_ratio"] for r in rows])
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -177,8 +227,22 @@ def markdown(results: dict[str, Any]) -> str:
         for mode in ("dense", "bm25", "hybrid"):
             lines.append(f"| {mode} | " + " | ".join(str(ret[mode][k]) for k in keys) + " |")
         lines.append("")
-    if "articles" in results:
-        lines += ["```", json.dumps(results["articles"], indent=1)[:4000], "```"]
+    arts = results.get("articles") or {}
+    if arts.get("summary"):
+        sm = arts["summary"]
+        lines += [f"Reports with and without sources, {sm['topics']} topics (means):", "",
+                  "| | entity recall | names | numbers | seconds |", "|---|---|---|---|---|"]
+        for label in ("plain", "grounded"):
+            lines.append(f"| {label} | {sm[label + '_recall']} | {sm[label + '_names_recall']} | "
+                         f"{sm[label + '_numbers_recall']} | {sm[label + '_seconds']} |")
+        lines += ["", f"Citations: support rate {sm['support_rate']} ({sm['markers']} markers), share of sentences "
+                  f"cited {sm['cited_share']}, unsupported claims per article {sm['unsupported_claims_per_article']}; "
+                  f"time ratio grounded/plain {sm['time_ratio']}", ""]
+        for r in arts["articles"]:
+            g, p = r["grounded"], r["plain"]
+            lines.append(f"- {r['topic']}: recall {p['entity_recall']['recall']} -> {g['entity_recall']['recall']}, "
+                         f"support {(g['citations'] or {}).get('support_rate')}, cited "
+                         f"{(g['citations'] or {}).get('cited_share')}, time x{r['time_ratio']}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="also write articles with and without sources")
     parser.add_argument("--limit", type=int, default=3, help="topics written with --write")
     parser.add_argument("--sections", type=int, default=8)
+    parser.add_argument("--words", type=int, default=800, help="words of each report written with --write")
+    parser.add_argument("--topic", action="append", help="write this FreshWiki topic (repeatable; default: the first)")
+    parser.add_argument("--write-only", action="store_true",
+                        help="only the articles (the index measurements skipped; with --cache, a warm index)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the embeddings (default: as set; on a shared, busy machine 1 is "
                              "much faster than 2)")
@@ -207,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "threads": args.threads,
                                "load_average": os.getloadavg()}
     try:
-        results["indexing"], index = measure_indexing(corpus_dir, work, root)
-        print(json.dumps(results["indexing"], indent=1), flush=True)
-        results["retrieval"] = measure_retrieval(index, args.data)
-        print(json.dumps(results["retrieval"], indent=1), flush=True)
-        if args.write:
-            results["articles"] = write_articles(args.data, corpus_dir, args.limit, args.sections)
+        if args.write_only:  # the index is built (or loaded from --cache) by the first grounded article
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            results["indexing"], index = measure_indexing(corpus_dir, work, root)
+            print(json.dumps(results["indexing"], indent=1), flush=True)
+            results["retrieval"] = measure_retrieval(index, args.data)
+            print(json.dumps(results["retrieval"], indent=1), flush=True)
+        if args.write or args.write_only:
+            results["articles"] = write_articles(args.data, corpus_dir, args.limit, args.sections, root,
+                                                 words=args.words, topic_names=args.topic)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_average_after"] = os.getloadavg()
