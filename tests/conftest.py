@@ -105,6 +105,9 @@ def _isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGC_TEMPLATES_DIR", str(REPO / "templates"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    # credentials taken out of a --base-url go to this variable (aigc.credentials): never from one test to the next
+    monkeypatch.setenv("AIGC_BASE_URL_AUTH", "")
+    monkeypatch.delenv("AIGC_BASE_URL_AUTH")
 
 
 @pytest.fixture

@@ -131,7 +131,8 @@ def test_one_failure_does_not_stop_the_others(batch_run):
     assert statuses == [("Urban heat islands", "written"), ("Snow plow routes", "written"), ("Library cards", "failed")]
     assert "injected fault" in summary["items"][2]["error"]
     # the broken item was not retried
-    assert calls["Urban heat islands"] == 4 and calls["Snow plow routes"] == 4 and calls["broken"] == 1
+    # 4 outline candidates and 3 sections each
+    assert calls["Urban heat islands"] == 7 and calls["Snow plow routes"] == 7 and calls["broken"] == 1
     assert "| 3 | Library cards | article | **failed** |" in index and "injected fault" in index
     assert "[urban-heat-islands](urban-heat-islands/article.md)" in index
     assert 'href="snow-plow-routes/article.html"' in html and "injected fault" in html
@@ -142,8 +143,8 @@ def test_rerun_writes_only_the_missing_article(batch_run):
     state, summary, calls, index, _, _ = runs[1]
     assert state.is_completed()
     assert [r["status"] for r in summary["items"]] == ["unchanged", "unchanged", "written"]
-    # no model call for the finished articles: only the fixed item generated (1 outline + 1 batch of 3 sections)
-    assert calls == Counter({"Library cards": 4})
+    # no model call for the finished articles: only the fixed item generated (4 outline candidates, then 3 sections)
+    assert calls == Counter({"Library cards": 7})
     articles = sorted(p.parent.name for p in folder.glob("*/article.json"))
     assert articles == ["library-cards", "snow-plow-routes", "urban-heat-islands"]
     row = summary["items"][2]
