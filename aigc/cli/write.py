@@ -138,6 +138,10 @@ def summary_line(result: dict) -> str:
               help="Ground the text in these documents and cite them: folders (.md .txt .html .pdf), .jsonl/.csv/"
                    ".parquet files, saved datasets; all paths after --sources up to the next option.")
 @click.option("--text-field", default="text", show_default=True, help="The text field of JSONL/CSV/Parquet sources.")
+@click.option("--outline-candidates", type=click.IntRange(1, 16),
+              help="Outlines asked for at once; their titles are pooled and the best chosen [4].")
+@click.option("--section-candidates", type=click.IntRange(1, 8),
+              help="Candidates written per section, the best kept [local model: 2; APIs: 1].")
 def write_command(topic: str | None, brief: str | None, brief_file: str | None, outline_file: str | None,
                   outputs_dir: str | None, templates_dir: str | None, model: str | None, base_url: str | None,
                   api_key_env: str | None, concurrency: int | None, extra_options: tuple[str, ...], overwrite: bool,
@@ -162,6 +166,9 @@ def write_command(topic: str | None, brief: str | None, brief_file: str | None, 
         if outline:
             params["sections"] = len(outline)
         brief = read_brief(brief, brief_file)
+        for name in ("outline_candidates", "section_candidates"):
+            if params.get(name) is None:
+                params.pop(name, None)  # the spec's default (the backend's, for sections)
         if params.get("sources"):
             params["sources"] = list(params["sources"])
         else:
