@@ -77,6 +77,10 @@ def evaluate_article(markdown: str, record: dict | None = None, *, requested_wor
         requested_words = (record.get("requested") or {}).get("words")
     if outline is None:
         outline = (record.get("outline") or {}).get("titles")
+    from aigc.grounding import evaluation_fields, without_references
+
+    # with sources: the References are not prose (and not a section), and the citation figures join in
+    markdown = without_references(markdown, len(record.get("references", ())))
     art = parse_article(markdown)
     cov = outline_coverage(art, outline, min_words=min_section_words)
     result: dict[str, Any] = {
@@ -90,6 +94,7 @@ def evaluate_article(markdown: str, record: dict | None = None, *, requested_wor
         "sections_empty": cov["empty"],
         "coverage_basis": cov["basis"],
         **repetition(art),
+        **evaluation_fields(record),
     }
     if quality:  # relevance, meta-text, redundancy and the overall figure (sentence embeddings)
         topic = record.get("topic") or art.title or ""

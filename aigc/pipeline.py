@@ -234,13 +234,10 @@ def assemble_article(
 
 
 def evaluate_article_files(article: dict[str, Any]) -> dict[str, Any]:
-    """Add the cheap metrics (length score, outline coverage, repetition; with sources, citations) to the record."""
+    """Add the evaluation (length, coverage, repetition, quality; with sources, citations) to the article's record."""
     from aigc.evaluate import evaluate_article
 
-    from aigc.grounding import evaluation_fields, without_references
-
-    markdown = without_references(article["files"]["article.md"], len(article["record"].get("references", ())))
-    evaluation = {**evaluate_article(markdown, article["record"]), **evaluation_fields(article["record"])}
+    evaluation = evaluate_article(article["files"]["article.md"], article["record"])
     record = {**article["record"], "evaluation": evaluation}
     return {**article, "record": record}
 
