@@ -52,15 +52,18 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
     ]
 
 
-def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list[str]]:
-    """Which titles come first and last, as the style's outline template says (blocks first_sections, last_sections)."""
+def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list[str], list[str]]:
+    """What the style's outline template says (comma-separated blocks): which titles come first and last
+    (``first_sections``, ``last_sections``), and the titles to fall back on (``fallback_sections``)."""
     blocks = store.render_blocks(store.template_name(spec.style, "outline", spec.lang),
-                                 spec.template_context(titles_so_far=[]), ["first_sections", "last_sections"])
-    split = lambda text: [c.strip().lower() for c in text.split(",") if c.strip()]  # noqa: E731
-    return split(blocks["first_sections"]), split(blocks["last_sections"])
+                                 spec.template_context(titles_so_far=[]),
+                                 ["first_sections", "last_sections", "fallback_sections"])
+    split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    return ([c.lower() for c in split(blocks["first_sections"])], [c.lower() for c in split(blocks["last_sections"])],
+            split(blocks["fallback_sections"]))
 
 
-def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str]]) -> dict[str, Any]:
+def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str], list[str]]) -> dict[str, Any]:
     from aigc import outline_pool as op
 
     pool = op.merge_similar(op.pool_titles(texts, spec.topic))
@@ -109,6 +112,16 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
         for i in pending:
             chosen[i] = _choose(specs[i], texts[i], cues[i])
         pending = [i for i in pending if len(chosen[i]["titles"]) < specs[i].sections]
+    for i in list(pending):  # the last resort: the style's fallback titles join the pool, the best fitting fill the gaps
+        fallback = cues[i][2]
+        if not fallback:
+            continue
+        log.warning("%s: %d of %d outline titles usable after %d rounds; filling the rest from the style's "
+                    "fallback titles", specs[i].topic, len(chosen[i]["titles"]), specs[i].sections, rounds)
+        filled = _choose(specs[i], [*texts[i], "\n".join(f"{n}. {t}" for n, t in enumerate(fallback, 1))], cues[i])
+        if len(filled["titles"]) >= specs[i].sections:
+            chosen[i] = {**filled, "fallback_titles": [t for t in filled["titles"] if t in fallback]}
+            pending.remove(i)
     results: list[dict | OutlineError] = []
     for i, spec in enumerate(specs):
         if i in pending:

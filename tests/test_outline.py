@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from aigc.errors import InputError, OutlineError
-from aigc.outline import clean_title, generate_outline, given_outline, parse_outline, validate_outline
+from aigc.outline import clean_title, generate_outline, given_outline, order_cues, parse_outline, validate_outline
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 
@@ -110,13 +110,31 @@ def test_a_short_pool_asks_for_the_missing_titles_listing_the_ones_so_far(fake_b
     assert result["attempts"] == 2
 
 
-@pytest.mark.parametrize("reply", ["", "Urban heat islands", " 1. Urban heat islands\n2. Urban heat islands",
-                                   "Write an outline for an article about \"Urban heat islands\""])
-def test_bad_replies_give_one_clear_line_or_an_outline(fake_backend, reply):
+BAD_REPLIES = ["", "Urban heat islands", " 1. Urban heat islands\n2. Urban heat islands",
+               "Write an outline for an article about \"Urban heat islands\""]
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES)
+def test_bad_replies_still_give_an_outline_from_the_styles_fallback_titles(fake_backend, reply):
+    spec = ArticleSpec(topic="Urban heat islands", sections=3, backend="fake", outline_candidates=2)
+    fake_backend.enqueue(*[reply] * 6)
+    result = generate_outline(fake_backend, spec, TemplateStore())
+    assert len(result["titles"]) == 3 and result["attempts"] == 3
+    fallback = order_cues(spec, TemplateStore())[2]  # the article style's fallback_sections block
+    assert "Background" in fallback
+    assert set(result["fallback_titles"]) <= set(result["titles"]) and len(result["fallback_titles"]) >= 2
+    assert all(t in fallback or "heat" in t.lower() or t == "Overview" for t in result["titles"])
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES)
+def test_without_fallback_titles_bad_replies_give_one_clear_line(fake_backend, reply, templates_copy):
+    outline = templates_copy / "base" / "outline.j2"
+    outline.write_text(outline.read_text().replace("{% block fallback_sections %}Background", "{% block fallback_sections %}{#"
+                                                   ).replace("What comes next{% endblock %}", "#}{% endblock %}"))
     spec = ArticleSpec(topic="Urban heat islands", sections=3, backend="fake", outline_candidates=2)
     fake_backend.enqueue(*[reply] * 6)
     with pytest.raises(OutlineError) as err:
-        generate_outline(fake_backend, spec, TemplateStore())
+        generate_outline(fake_backend, spec, TemplateStore(templates_copy))
     message = str(err.value)
     assert "\n" not in message and "were asked for" in message and "--outline" in message
     assert ("it wrote no text" in message) if not reply.strip() else ("it wrote e.g." in message)

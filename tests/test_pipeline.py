@@ -7,6 +7,7 @@ import pytest
 from aigc.errors import OutlineError
 from aigc.pipeline import write_article, write_articles
 from aigc.spec import ArticleSpec
+from aigc.templates import TemplateStore
 
 OUTLINE = " Causes of heat\n2. Effects on health\n3. Cooling the city"
 SECTION = "Fine text for {}. It has enough words to count as a body here, and one more sentence to be sure."
@@ -58,12 +59,15 @@ def test_articles_of_a_batch_share_one_outline_call_and_one_sections_call(fake_b
     assert len({(t["outline"], t["sections"]) for t in timings}) == 1
 
 
-def test_one_unusable_outline_does_not_stop_the_other_articles(fake_backend, tmp_path):
+def test_one_unusable_outline_does_not_stop_the_other_articles(fake_backend, tmp_path, templates_copy):
+    outline = templates_copy / "base" / "outline.j2"  # a style without fallback titles: the outline can fail
+    outline.write_text(outline.read_text().replace("{% block fallback_sections %}Background", "{% block fallback_sections %}{#"
+                                                   ).replace("What comes next{% endblock %}", "#}{% endblock %}"))
     specs = [ArticleSpec(topic="Tides", sections=2, words=100, backend="fake", outline_candidates=1),
              ArticleSpec(topic="Snow", sections=2, words=100, backend="fake", outline_candidates=1)]
     junk = " I cannot help with that, but here is a long sentence instead of any list."
     fake_backend.enqueue(" Why tides happen\n2. Spring tides", *[junk] * 5)  # Snow: nothing usable, ever
-    tides, snow = write_articles(specs, backend=fake_backend, root=tmp_path / "out")
+    tides, snow = write_articles(specs, backend=fake_backend, root=tmp_path / "out", store=TemplateStore(templates_copy))
     assert tides.status == "written" and isinstance(snow, OutlineError)
     assert "no usable outline: 5 replies in 3 rounds gave 0 usable section titles, 2 were asked for" in str(snow)
     assert "I cannot help with that" in str(snow) and "--outline" in str(snow)
