@@ -20,8 +20,10 @@ from aigc.templates import TemplateStore
 
 log = logging.getLogger(__name__)
 
-#: Rounds of asking for the missing titles (a request that lists the titles so far) before giving up.
-FOLLOW_UP_ROUNDS = 2
+#: Rounds of asking for the missing titles (a request that lists the titles so far) before the style's
+#: fallback titles fill what is left. Each round is one more sequential call: on the default article
+#: (5 sections) two rounds made the outline step the larger part of the candidates' cost.
+FOLLOW_UP_ROUNDS = 1
 #: Requests per article in a follow-up round.
 FOLLOW_UP_REQUESTS = 2
 #: Seeds of follow-up rounds start this far from the article's seed.
@@ -79,7 +81,8 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     Each article gets ``spec.outline_candidates`` requests in the first call; their titles are pooled,
     near-duplicates merged, and the requested number chosen by score (``aigc.outline_pool``). An
     article still short of titles is asked for the missing ones (listing those it has) in up to
-    ``FOLLOW_UP_ROUNDS`` more calls, shared by all such articles. Returns per spec ``{"titles",
+    ``FOLLOW_UP_ROUNDS`` more calls, shared by all such articles; what is still missing then comes from
+    the style's ``fallback_sections``. Returns per spec ``{"titles",
     "attempts", "selection", usage...}`` or the OutlineError that says what the model returned.
     ``extra[i]``: more template variables for article i's prompts (its sources), or None.
     """
