@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from aigc.errors import MissingDependencyError
+from aigc.textstats import pack_sentences
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,7 @@ def load_model() -> Any:
 
 def chunks(text: str, max_words: int) -> list[str]:
     """``text`` cut at sentence ends into pieces of at most about ``max_words`` words (a longer sentence stays whole)."""
-    sentences = [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
-    out: list[str] = []
-    current: list[str] = []
-    count = 0
-    for sentence in sentences:
-        n = len(sentence.split())
-        if current and count + n > max_words:
-            out.append(" ".join(current))
-            current, count = [], 0
-        current.append(sentence)
-        count += n
-    if current:
-        out.append(" ".join(current))
+    out = pack_sentences([s for s in _SENTENCE_END.split(" ".join(text.split())) if s], max_words)
     return out or [text]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from aigc.errors import InputError
+from aigc.textstats import pack_sentences
 
 #: PDF pages read at most per file.
 MAX_PDF_PAGES = 1000
@@ -73,18 +74,7 @@ def _words(text: str) -> int:
 
 def _sentences(text: str, max_words: int) -> list[str]:
     """A long paragraph cut at sentence ends into pieces of at most about ``max_words`` words."""
-    out: list[str] = []
-    current: list[str] = []
-    count = 0
-    for sentence in _SENTENCE_END.split(text):
-        n = _words(sentence)
-        if current and count + n > max_words:
-            out.append(" ".join(current))
-            current, count = [], 0
-        current.append(sentence)
-        count += n
-    if current:
-        out.append(" ".join(current))
+    out = pack_sentences(_SENTENCE_END.split(text), max_words)
     cut = []
     for piece in out:  # a "sentence" still far too long (a list without full stops) is cut between words
         words = piece.split()

@@ -67,3 +67,20 @@ def repeated_ngrams(sections: Sequence[str], n: int = 4) -> dict:
         "across": across / total if total else None,
         "ngrams": total,
     }
+
+
+def pack_sentences(sentences: Sequence[str], max_words: int) -> list[str]:
+    """Consecutive sentences joined into pieces of at most about ``max_words`` words (a longer sentence stays whole)."""
+    out: list[str] = []
+    current: list[str] = []
+    count = 0
+    for sentence in sentences:
+        n = len(sentence.split())
+        if current and count + n > max_words:
+            out.append(" ".join(current))
+            current, count = [], 0
+        current.append(sentence)
+        count += n
+    if current:
+        out.append(" ".join(current))
+    return out
