@@ -37,7 +37,7 @@ def _row_label(part: str, row: dict, index: int, count: int) -> str:
     key, value = next(iter(row.items()))
     label = f"{key} {value}" if isinstance(value, (int, float)) else str(value)
     if part in ("nightly", "batch"):  # one-at-a-time first, then written together: named by position
-        return "one at a time" if index == 0 else "together" if index == count - 1 else label
+        return "one at a time" if index == 0 else "together" if index == 1 else label
     if part == "ablation" and label.startswith("without all"):
         return "without every part"
     if part == "llamacpp" and label.startswith("aigc batch 16"):

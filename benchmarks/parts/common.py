@@ -48,6 +48,18 @@ def threads_option() -> dict:
     return {"threads": THREADS} if THREADS else {}
 
 
+def same_work() -> dict:
+    """One outline and one section candidate where this tree has candidates (issue 17), else nothing.
+
+    The house parts (nightly, flow, batch) compare trees side by side: both must do the same work.
+    What candidates cost is benchmarks/candidates.py's figure.
+    """
+    from aigc.spec import ArticleSpec
+
+    fields = ArticleSpec.model_fields
+    return {k: 1 for k in ("outline_candidates", "section_candidates") if k in fields}
+
+
 def section_set(n: int, new_tokens: int, *, greedy: bool = False) -> list:
     """``n`` real section requests (8 per article, same seed), each asking for ``new_tokens`` new tokens."""
     from aigc.sections import section_requests

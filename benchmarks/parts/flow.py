@@ -30,7 +30,7 @@ def bench_flow(ctx: dict) -> dict:
         from flows.common import in_process_run
 
         n, words = ctx["article_sections"], ctx["article_words"]
-        params = lambda i: dict(topic=TOPICS[i % len(TOPICS)], sections=n, words=words, seed=100 + i)
+        params = lambda i: dict(topic=TOPICS[i % len(TOPICS)], sections=n, words=words, seed=100 + i, **common.same_work())
         if common.THREADS:  # the flow builds its backend from the spec: give it the same options
             base = params
             params = lambda i: {**base(i), "backend_options": common.threads_option()}
@@ -177,7 +177,8 @@ def _batch_runs(ctx: dict, tmp: Path) -> dict:
     for rep in range(ctx["reps"]):
         order = list(modes) if rep % 2 == 0 else list(modes)[::-1]
         for k, mode in enumerate(order):
-            defaults = {"sections": sections, "words": words, "backend": "local", "seed": 500 + 10 * rep + k}
+            defaults = {"sections": sections, "words": words, "backend": "local", "seed": 500 + 10 * rep + k,
+                        **common.same_work()}
             if common.THREADS:
                 defaults["backend_options"] = common.threads_option()
             items = [{"topic": TOPICS[(rep + i) % len(TOPICS)], "style": ("article", "report", "blog")[i % 3]}

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from parts.common import TITLES, TOPICS, local_backend, med, say, warm
+from parts.common import TITLES, TOPICS, local_backend, med, same_work, say, warm
 
 SEQUENTIAL = "one article at a time (write_article, twice)"
 TOGETHER = "together (write_articles: one outline call, one sections call)"
@@ -22,6 +22,7 @@ def bench_nightly(ctx: dict) -> dict:
     if write_articles is None:
         return {"title": "2b. A nightly batch", "rows": [], "targets": [],
                 "note": "pipeline.write_articles is not in this tree: not measured."}
+    single = same_work()  # one row per section in every tree
     backend = local_backend()
     warm(backend)
     n, words = ctx["nightly_sections"], ctx["nightly_words"]
@@ -32,7 +33,7 @@ def bench_nightly(ctx: dict) -> dict:
     try:
         for rep in range(ctx["reps"]):
             specs = [ArticleSpec(topic=TOPICS[(2 * rep + k) % len(TOPICS)], sections=n, words=words, seed=300 + k,
-                                 outline=tuple(TITLES[:n])) for k in range(2)]  # a fixed outline: sections only
+                                 outline=tuple(TITLES[:n]), **single) for k in range(2)]  # a fixed outline: sections only
 
             def sequential(root: Path) -> list:
                 return [pipeline.write_article(spec, backend=backend, root=root, evaluate=False) for spec in specs]
@@ -55,7 +56,7 @@ def bench_nightly(ctx: dict) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     seq, par = med(runs[SEQUENTIAL]), med(runs[TOGETHER])
     return {"title": "2b. A nightly batch: two articles one after the other vs together (local backend, direct steps)",
-            "settings": {"sections": n, "words": words, "backend": backend.describe()},
+            "settings": {"sections": n, "words": words, "backend": backend.describe(), **single},
             "rows": [{"mode": k, "seconds": med(v), "speed-up": seq / med(v)} for k, v in runs.items()],
             "raw": {"seconds": runs, "words": words_out}, "targets": [],
             "note": f"Together, the two articles' sections share one generate() call: {seq / par:.2f}x faster."}
