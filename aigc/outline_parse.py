@@ -10,8 +10,14 @@ from aigc.errors import InputError, OutlineError
 MAX_TITLE_WORDS = 14
 MAX_TITLE_CHARS = 100
 
+_CJK_NUMERAL = "一二三四五六七八九十"
+#: "1. Title", "iv) Title", "Part 2 - Title"; and the Chinese forms "1、标题", "一、标题", "第二部分：标题", "（三）标题"
+#: (CJK punctuation needs no space after it).
 _NUMBERED = re.compile(
-    r"^\s*(?:(?:section|part|chapter)\s+)?(?:\d{1,2}|[ivxlc]{1,5}|[a-z])\s*[.):\-–—]\s+(?P<t>.+)$", re.I
+    r"^\s*(?:(?:section|part|chapter)\s+)?[(（]?(?:\d{1,2}|[ivxlc]{1,5}|[a-z]"
+    rf"|第?[{_CJK_NUMERAL}\d]{{1,3}}(?:部分|节|章)?)"
+    r"\s*(?:[.):\-–—]\s+|[、．。）)：:]\s*)(?P<t>.+)$",
+    re.I,
 )
 _SECTION_WORD = re.compile(
     r"^\s*(?:section|part|chapter)\s+(?:\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|[ivx]{1,4})\b\s*[:.\-–—]?\s*(?P<t>.*)$",
@@ -39,7 +45,7 @@ def clean_title(raw: str) -> str:
     # "Title: a long description of it" -> keep the title part
     if len(t.split()) > MAX_TITLE_WORDS and ":" in t:
         t = t.partition(":")[0]
-    t = t.strip(" \t\"'“”‘’.:;,-–—")
+    t = t.strip(" \t\"'“”‘’.:;,-–—。：；，「」《》")
     return re.sub(r"\s+", " ", t)
 
 

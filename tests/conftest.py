@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections import deque
@@ -87,6 +88,11 @@ class FakeBackend(Backend):
     @property
     def requests(self) -> list[GenerationRequest]:
         return [r for batch in self.calls for r in batch]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's Prefect home and results go with it (a run of the suite left them in /tmp)."""
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture

@@ -57,6 +57,18 @@ def test_folder_names_stay_readable(text, slug):
     assert re.fullmatch(r"[a-z0-9-]+", ascii_slug(text))  # Prefect artifact keys
 
 
+@pytest.mark.parametrize("reply", [
+    "1、城市热岛的成因\n2、对健康的影响\n3、缓解措施",
+    "一、城市热岛的成因\n二、对健康的影响\n三、缓解措施",
+    "第一部分：城市热岛的成因\n第二部分：对健康的影响\n第三部分：缓解措施",
+    "（一）城市热岛的成因\n（二）对健康的影响\n（三）缓解措施。",
+])
+def test_chinese_numbered_outlines_are_read(reply):
+    from aigc.outline_parse import parse_outline
+
+    assert parse_outline(reply) == ["城市热岛的成因", "对健康的影响", "缓解措施"]
+
+
 def test_topics_without_letters_get_a_hash_not_a_shared_name():
     assert slugify("🎉🎉") != slugify("🎈") and slugify("🎉🎉").startswith("article-")
 
