@@ -34,7 +34,8 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
                      seed_offset: int = 0, extra: dict | None = None) -> list[GenerationRequest]:
     """``count`` outline requests for ``spec`` (candidates), each with its own seed.
 
-    With ``titles_so_far`` the template asks only for the missing titles, continuing the numbered list.
+    With ``titles_so_far`` the template asks only for the missing titles, continuing the numbered list
+    (and the reply's token budget is theirs).
     ``extra``: more template variables (the sources' headings and passages, aigc.grounding).
     """
     context = spec.template_context(titles_so_far=list(titles_so_far), **(extra or {}))
@@ -42,7 +43,7 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
     return [
         GenerationRequest(
             messages=rendered.messages,
-            max_new_tokens=spec.outline_tokens,
+            max_new_tokens=spec.outline_tokens_for(spec.sections - len(titles_so_far)),
             temperature=spec.temperature,
             top_p=spec.top_p,
             seed=spec.seed + seed_offset + c,

@@ -260,7 +260,12 @@ class ArticleSpec(BaseModel):
 
     @property
     def outline_tokens(self) -> int:
-        return (40 if self.counts_characters else 24) * self.sections + 40
+        """New-token budget of an outline reply: room for every title and a little chatter."""
+        return self.outline_tokens_for(self.sections)
+
+    def outline_tokens_for(self, titles: int) -> int:
+        """New-token budget of a reply that lists ``titles`` section titles (a follow-up asks only for the missing)."""
+        return (40 if self.counts_characters else 24) * titles + 40
 
     def template_context(self, **extra: Any) -> dict[str, Any]:
         """Variables every template sees. User text (topic, brief) goes in as data, never as template source."""

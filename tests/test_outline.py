@@ -106,6 +106,8 @@ def test_a_short_pool_asks_for_the_missing_titles_listing_the_ones_so_far(fake_b
     follow_up = fake_backend.calls[1][0]
     assert "has these sections so far:\n1. Causes of heat" in follow_up.messages[1].content
     assert follow_up.messages[-1].content == "2."  # the list goes on from the titles it has
+    # room for the two missing titles, not for a whole outline
+    assert follow_up.max_new_tokens == spec.outline_tokens_for(2) < fake_backend.calls[0][0].max_new_tokens
     assert sorted(result["titles"]) == ["Causes of heat", "Green roofs and trees", "What cities can do"]
     assert result["attempts"] == 2
 
