@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
 from aigc.cleanup import _norm, clean_section, fit_length, join_text, split_sentences, words
-from aigc.spec import STEP_WORDS, TOKENS_PER_CHARACTER, TOKENS_PER_WORD, ArticleSpec
+from aigc.spec import LENGTH_SLACK, STEP_WORDS, TOKENS_PER_CHARACTER, TOKENS_PER_WORD, ArticleSpec
 from aigc.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,6 @@ def expand_sections(
 TAIL_WORDS = 150
 #: A long section gets another step while it is shorter than this share of its target.
 CONTINUE_BELOW = 0.9
-#: A body is cut at the sentence end nearest its target when it runs this much over (aigc.cleanup.fit_length).
-LENGTH_SLACK = 0.15
 #: Seeds of continuation step n are n times this far from the article's seed.
 STEP_SEED_OFFSET = 2000
 
@@ -146,7 +144,7 @@ def continuation_request(spec: ArticleSpec, titles: Sequence[str], i: int, body:
     context = {**section_context(spec, titles, i), "continuation": tail(body), "continue_words": want}
     rendered = store.render_messages(store.template_name(spec.style, "section", spec.lang), context)
     per = TOKENS_PER_CHARACTER if spec.counts_characters else TOKENS_PER_WORD
-    return GenerationRequest(messages=rendered.messages, max_new_tokens=int(want * per * 1.3) + 16,
+    return GenerationRequest(messages=rendered.messages, max_new_tokens=int(want * per * (1 + LENGTH_SLACK)) + 16,
                              temperature=spec.temperature, top_p=spec.top_p,
                              seed=spec.seed + STEP_SEED_OFFSET * step + i, purpose="section")
 

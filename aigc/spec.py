@@ -21,6 +21,10 @@ TOKENS_PER_CHARACTER = 2.0
 MIN_WORDS, MAX_WORDS = 50, 10000
 #: One generation's budget: a section longer than this is written in continuation steps (aigc.sections).
 STEP_WORDS = 400
+#: A section may run this far over its words before it is cut at the sentence end nearest its target
+#: (aigc.cleanup.fit_length); its token budget leaves room for that much and no more, since what a
+#: rambling row writes past it is cut anyway and a batched call lasts as long as its longest row.
+LENGTH_SLACK = 0.15
 #: Longest brief (characters); longer source material belongs in a file the writing draws on, not the prompt.
 MAX_BRIEF_CHARS = 20000
 MAX_TOPIC_CHARS = 300
@@ -254,9 +258,9 @@ class ArticleSpec(BaseModel):
 
     @property
     def section_tokens(self) -> int:
-        """New-token budget of one generation: its words plus headroom for ending a sentence."""
+        """New-token budget of one generation: its words plus the LENGTH_SLACK that fit_length keeps."""
         per = TOKENS_PER_CHARACTER if self.counts_characters else TOKENS_PER_WORD
-        return int(self.step_words * per * 1.3) + 16
+        return int(self.step_words * per * (1 + LENGTH_SLACK)) + 16
 
     @property
     def outline_tokens(self) -> int:
