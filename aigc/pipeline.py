@@ -55,6 +55,11 @@ def template_info(spec: ArticleSpec, store: TemplateStore) -> dict[str, dict[str
     for step in ("outline", "section", "document"):
         name = store.template_name(spec.style, step, spec.lang)
         info[step] = {"file": name, "sha256": store.template_hash(name)}
+    if spec.topic_from_brief:  # the piece's title is asked of the model (aigc.briefs.derive_titles)
+        from aigc.briefs import title_template
+
+        name = title_template(store, spec.lang)
+        info["title"] = {"file": name, "sha256": store.template_hash(name)}
     return info
 
 

@@ -61,6 +61,25 @@ def test_a_brief_alone_gets_a_title_from_the_model_and_a_folder_from_the_brief(f
     assert md.startswith("# Thank You for Your Patience\n")
 
 
+def test_the_title_template_is_an_input_of_a_brief_only_piece(tmp_path, templates_copy):
+    from aigc.pipeline import inputs_key, template_info
+    from aigc.templates import TemplateStore
+
+    spec = ArticleSpec.build(brief="Draft a note to parents about the school trip on Friday.", words=80,
+                             style="email", backend="fake")
+    store = TemplateStore(templates_copy)
+    before = template_info(spec, store)
+    assert before["title"]["file"] == "base/title.j2"
+    (templates_copy / "base" / "title.j2").write_text((templates_copy / "base" / "title.j2").read_text() + "\nShort.")
+    after = template_info(spec, store)
+    assert after["title"]["sha256"] != before["title"]["sha256"]
+    hashes = lambda info: {k: v["sha256"] for k, v in info.items()}  # noqa: E731
+    assert inputs_key(spec, hashes(after), "m") != inputs_key(spec, hashes(before), "m")  # a rerun writes it anew
+    with_topic = ArticleSpec.build(topic="School trip", brief="Draft a note to parents.", words=80, style="email",
+                                   backend="fake")
+    assert "title" not in template_info(with_topic, store)
+
+
 def test_a_reply_that_is_no_title_falls_back_to_the_brief(fake_backend, tmp_path):
     fake_backend.enqueue("Sure! Here is a title for your email:")
     spec = ArticleSpec.build(brief="Draft a note to parents about the school trip on Friday.", words=80,
