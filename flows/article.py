@@ -122,7 +122,9 @@ def write_group(specs: Sequence[ArticleSpec], *, templates_dir: str | None = Non
             state = index_task(data, return_state=True)
             summaries, steps["index"] = state.result(), state.name
             keys["source_keys"] = [s.get("key") if s else None for s in summaries]
-        state = outline_task(data, templates_dir, [i["outline"]["sha256"] for i in infos], steps_version(), **keys,
+        # the outline step also asks brief-only pieces for their titles: that template is one of its inputs
+        outline_hashes = [":".join(i[k]["sha256"] for k in ("outline", "title") if k in i) for i in infos]
+        state = outline_task(data, templates_dir, outline_hashes, steps_version(), **keys,
                              return_state=True)
         outlines, steps["outline"] = state.result(), state.name
         if logger:

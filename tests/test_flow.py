@@ -45,6 +45,24 @@ def test_editing_the_section_template_regenerates_sections_only(fake_backend, to
     assert record["templates"]["section"]["file"] == "article/section.j2"
 
 
+def test_editing_the_title_template_asks_a_brief_only_piece_for_its_title_again(fake_backend, tmp_path,
+                                                                                 templates_copy):
+    from flows.article import article_flow
+
+    brief = f"Draft a note to parents about the school trip on Friday ({uuid.uuid4().hex[:8]})."
+
+    def run_brief():
+        return article_flow(brief=brief, words=80, style="email", backend="fake", outputs_dir=str(tmp_path / "out"),
+                            templates_dir=str(templates_copy))
+
+    assert run_brief()["steps"]["outline"] == "Completed"
+    assert run_brief()["steps"]["outline"] == "Cached"
+    title = templates_copy / "base" / "title.j2"
+    title.write_text(title.read_text() + "\nKeep it under six words.")
+    assert run_brief()["steps"]["outline"] == "Completed"
+    assert [r.purpose for r in fake_backend.requests].count("title") == 2  # asked again, not taken from the cache
+
+
 def test_backend_errors_are_not_retried_by_prefect(fake_backend, topic, tmp_path):
     """One retry layer: the backend retries its own requests (openai: max_retries); the flow's steps never do."""
     from aigc.errors import BackendError
