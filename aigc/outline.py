@@ -92,13 +92,13 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     usage = [{"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0} for _ in specs]
     chosen: list[dict[str, Any]] = [{"titles": []} for _ in specs]
     pending = list(range(len(specs)))
-    rounds = 0
+    rounds = [0] * len(specs)  # the calls each article took part in
     for round_ in range(1 + FOLLOW_UP_ROUNDS):
         if not pending:
             break
-        rounds = round_ + 1
         asked = []
         for i in pending:
+            rounds[i] = round_ + 1
             spec = specs[i]
             if round_ == 0:
                 reqs = outline_requests(spec, store, count=spec.outline_candidates, extra=extra[i] if extra else None)
@@ -121,7 +121,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
         if not fallback:
             continue
         log.warning("%s: %d of %d outline titles usable after %d rounds; filling the rest from the style's "
-                    "fallback titles", specs[i].topic, len(chosen[i]["titles"]), specs[i].sections, rounds)
+                    "fallback titles", specs[i].topic, len(chosen[i]["titles"]), specs[i].sections, rounds[i])
         filled = _choose(specs[i], [*texts[i], "\n".join(f"{n}. {t}" for n, t in enumerate(fallback, 1))], cues[i])
         if len(filled["titles"]) >= specs[i].sections:
             chosen[i] = {**filled, "fallback_titles": [t for t in filled["titles"] if t in fallback]}
@@ -129,9 +129,9 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     results: list[dict | OutlineError] = []
     for i, spec in enumerate(specs):
         if i in pending:
-            results.append(OutlineError(_shortfall(spec, chosen[i]["titles"], texts[i], rounds)))
+            results.append(OutlineError(_shortfall(spec, chosen[i]["titles"], texts[i], rounds[i])))
         else:
-            results.append({**chosen[i], "attempts": rounds, **usage[i]})
+            results.append({**chosen[i], "attempts": rounds[i], **usage[i]})
     return results
 
 

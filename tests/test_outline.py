@@ -112,6 +112,21 @@ def test_a_short_pool_asks_for_the_missing_titles_listing_the_ones_so_far(fake_b
     assert result["attempts"] == 2
 
 
+def test_attempts_are_counted_per_article(fake_backend):
+    """Articles outlined together: only the one that needed the follow-up call says it took two."""
+    from aigc.outline import generate_outlines
+
+    junk = " I am not sure what you mean by that, so here is a long sentence of prose instead of any list."
+    fake_backend.enqueue(" Causes of heat\n2. Effects on health\n3. Cooling the city", junk,
+                         " Why tides happen\n2. Spring tides\n3. Neap tides", junk)
+    specs = [ArticleSpec(topic=t, sections=3, seed=7, backend="fake", outline_candidates=1)
+             for t in ("Urban heat islands", "Tides")]
+    heat, tides = generate_outlines(fake_backend, specs, TemplateStore())
+    assert [len(c) for c in fake_backend.calls] == [2, 2]  # both, then Tides' follow-up requests
+    assert heat["attempts"] == 1 and tides["attempts"] == 2
+    assert "Why tides happen" in tides["titles"]
+
+
 BAD_REPLIES = ["", "Urban heat islands", " 1. Urban heat islands\n2. Urban heat islands",
                "Write an outline for an article about \"Urban heat islands\""]
 
