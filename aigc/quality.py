@@ -60,6 +60,9 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\bhere\s+is\s+(?:the|your|a|an|my)\s+(?:revised\s+|rewritten\s+|updated\s+|new\s+|short\s+|brief\s+)?"
         r"(?:paragraph|section|article|essay|text|summary|draft|version|outline|introduction|conclusion|post|piece)\b"
         r"|\bas\s+an\s+ai\b|\b(?:i\s+am|i'm|i’m)\s+(?:sorry|happy\s+to\s+help|glad\s+to\s+help)\b"
+        # an assistant offering its services: "I'd be happy to help you with...", "...benefit from my assistance"
+        r"|\bi(?:'d|’d|\s+would)\s+be\s+(?:happy|glad|delighted)\s+to\s+help\b|\bmy\s+assistance\b"
+        r"|\bplease\s+go\s+ahead\s+and\s+(?:share|provide|send|tell)\b"
         r"|\bif\s+you\s+have\s+any\s+(?:other\s+|more\s+|further\s+)?questions\b|\banything\s+else\s+(?:i\s+can|you\s+need)\b",
         re.I)),
     # "In this section, we will explore...", "In this piece you see..." (not "in this part of the river")
@@ -162,6 +165,36 @@ def find_meta(text: str) -> list[dict]:
                 found.append({"sentence": sentence, "rule": rule, "match": m.group(0).strip()})
                 break
     return found
+
+
+def is_meta(sentence: str) -> bool:
+    """Whether one sentence is about the text, the writer or the reader's task (any of :data:`META_RULES`)."""
+    return any(pattern.search(sentence) for _, pattern in META_RULES)
+
+
+def drop_preamble(text: str) -> tuple[str, list[str]]:
+    """``text`` without the meta sentences it opens with, and those sentences.
+
+    A small model often starts a section as an assistant would ("I'd be happy to help you with your
+    essay on this topic!", "In this section, we will explore...") before it reaches the subject; those
+    leading sentences are dropped, up to the first one about the subject. Meta sentences further on
+    are left for the evaluation to count. ``text`` is returned unchanged when it opens on the subject.
+    """
+    paragraphs = text.split("\n\n")
+    dropped: list[str] = []
+    while paragraphs:
+        parts = sentences(paragraphs[0])
+        k = 0
+        while k < len(parts) and is_meta(parts[k]):
+            k += 1
+        if k == 0:
+            break
+        dropped += parts[:k]
+        if k < len(parts):
+            paragraphs[0] = " ".join(parts[k:])
+            break
+        paragraphs.pop(0)
+    return "\n\n".join(paragraphs), dropped
 
 
 def meta_sentences(text: str) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
 from aigc.cleanup import _norm, clean_section, fit_length, join_text, split_sentences, words
+from aigc.quality import drop_preamble
 from aigc.spec import LENGTH_SLACK, STEP_WORDS, TOKENS_PER_CHARACTER, TOKENS_PER_WORD, ArticleSpec
 from aigc.templates import TemplateStore
 
@@ -238,10 +239,12 @@ def _result(spec: ArticleSpec, titles: Sequence[str], i: int, completion, *, att
     body = clean_section(
         completion.text, title=titles[i], other_titles=others, truncated=completion.finish_reason == "length"
     )
+    body, preamble = drop_preamble(body)  # "I'd be happy to help with your essay!": an assistant's opening, not prose
     body = fit_length(body, spec.section_words, slack=LENGTH_SLACK)
     return {
         "title": titles[i],
         "body": body,
+        **({"preamble_dropped": len(preamble)} if preamble else {}),
         "words": words(body),
         "target_words": spec.section_words,
         "prompt_tokens": completion.prompt_tokens,

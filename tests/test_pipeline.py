@@ -75,6 +75,15 @@ def test_one_unusable_outline_does_not_stop_the_other_articles(fake_backend, tmp
     assert not (tmp_path / "out" / "snow").exists()
 
 
+def test_an_assistant_opening_is_dropped_and_counted(fake_backend, spec, tmp_path):
+    preamble = "I'd be happy to help you with your essay on this topic! In this section, we will explore the causes. "
+    fake_backend.enqueue(OUTLINE, preamble + SECTION.format("one"), SECTION.format("two"), SECTION.format("three"))
+    result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
+    md = (result.folder / "article.md").read_text()
+    assert "happy to help" not in md and "we will explore" not in md and "Fine text for one." in md
+    assert [s.get("preamble_dropped") for s in result.record["sections"]] == [2, None, None]
+
+
 def test_empty_section_is_generated_again(fake_backend, spec, tmp_path):
     fake_backend.enqueue(OUTLINE, SECTION.format("one"), "## Effects on health", SECTION.format("three"))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")

@@ -38,6 +38,10 @@ MODEL_META = [
     ("It concludes the paragraph with what could be considered as the final part of this type of impactful piece.",
      "editor_talk"),
     ("As you read through these stories your mind starts to focus towards how important it actually is.", "reader_task"),
+    # an assistant's opening (issue 17, the everyday batch after candidates)
+    ("I'd be happy to help you with your essay on this topic!", "chat_filler"),
+    ("I'll take care of making sure everything is perfect, so please go ahead and share any information that may "
+     "benefit from my assistance.", "chat_filler"),
     ("I'm excited to share my thoughts with readers who may have no idea what I've written before!", "writer_voice"),
     ("This is indeed one of my most thought-provoking articles yet.", "writer_voice"),
     ("This brings us back to what was said before which were mentioned previously.", "as_mentioned"),
@@ -100,6 +104,22 @@ def test_sentences_split_glued_ends_but_not_abbreviations_or_headings():
         "The U.S. Army arrived.", "It stayed.", 'Dr. Smith said "stop."', "Then e.g. this.", "J. K. Rowling wrote it!",
         "Really?",
     ]
+
+
+PREAMBLE = ("I'd be happy to help you with your essay on this topic! I'll take care of making sure everything is "
+            "perfect, so please go ahead and share any information that may benefit from my assistance.")
+
+
+def test_a_section_loses_the_meta_sentences_it_opens_with_and_nothing_else():
+    subject = "Libraries lend drills and ladders. A tool used twice a year need not be bought."
+    later = "Many branches keep a waiting list. In this section, we will explore the costs."
+    body, dropped = q.drop_preamble(f"{PREAMBLE} {subject}\n\n{later}")
+    assert body == f"{subject}\n\n{later}"  # the meta sentence further on is the evaluation's to count
+    assert len(dropped) == 2 and dropped[0].startswith("I'd be happy")
+    body, dropped = q.drop_preamble(f"In this article we will explore libraries.\n\n{subject}")
+    assert body == subject and dropped == ["In this article we will explore libraries."]
+    assert q.drop_preamble(f"{subject}\n\n{later}") == (f"{subject}\n\n{later}", [])  # unchanged, byte for byte
+    assert q.drop_preamble(PREAMBLE) == ("", q.sentences(PREAMBLE))  # nothing left: the section is retried
 
 
 def test_meta_sentences_and_rate_of_a_mixed_section():
