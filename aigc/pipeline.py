@@ -20,7 +20,7 @@ from aigc.backends import Backend, get_backend
 from aigc.errors import AigcError
 from aigc.outline import generate_outlines
 from aigc.outline_parse import given_outline
-from aigc.outputs import slugify, write_article_files
+from aigc.outputs import find_existing, slugify, write_article_files
 from aigc.paths import outputs_dir
 from aigc.sections import expand_sections
 from aigc.spec import ArticleSpec
@@ -264,9 +264,26 @@ def finish_article(spec: ArticleSpec, outline: dict[str, Any], sections: dict[st
         if failed(result):
             raise step_error(result)
     article = assemble_article(spec, outline, sections, store, backend_info=backend_info, batch_size=batch_size)
+    if not overwrite and (kept := _already_written(article, root)) is not None:
+        return kept  # a cached re-run: no evaluation of an article that is already there
     if evaluate:
         article = evaluate_article_files(article)
     return save_article(article, root, overwrite=overwrite)
+
+
+def _already_written(article: dict[str, Any], root: Path | None) -> ArticleResult | None:
+    """The article as it is on disk when its folder already holds the same inputs key (its record, with its
+    evaluation, stands), else None."""
+    folder = find_existing(Path(root) if root is not None else outputs_dir(), slugify(article["slug"]),
+                           article["inputs_key"])
+    if folder is None:
+        return None
+    try:
+        record = json.loads((folder / "article.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable: written again as usual
+    names = [*article["files"], "article.json"]
+    return ArticleResult(folder=folder, status="unchanged", record=record, files={n: folder / n for n in names})
 
 
 def write_articles(

@@ -84,6 +84,21 @@ def test_an_assistant_opening_is_dropped_and_counted(fake_backend, spec, tmp_pat
     assert [s.get("preamble_dropped") for s in result.record["sections"]] == [2, None, None]
 
 
+def test_a_rerun_of_an_unchanged_article_is_not_evaluated_again(fake_backend, spec, tmp_path, monkeypatch):
+    from aigc import evaluate
+
+    first = write_article(spec, backend=fake_backend, root=tmp_path / "out")
+    calls = []
+    real = evaluate.evaluate_article
+    monkeypatch.setattr(evaluate, "evaluate_article", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = write_article(spec, backend=fake_backend, root=tmp_path / "out")
+    assert again.status == "unchanged" and again.folder == first.folder and calls == []
+    assert again.record == json.loads((first.folder / "article.json").read_text())  # what is on disk, evaluated
+    assert again.record["evaluation"]["quality"] == first.record["evaluation"]["quality"]
+    replaced = write_article(spec, backend=fake_backend, root=tmp_path / "out", overwrite=True)
+    assert replaced.status == "replaced" and calls == [1]  # --overwrite writes and evaluates anew
+
+
 def test_empty_section_is_generated_again(fake_backend, spec, tmp_path):
     fake_backend.enqueue(OUTLINE, SECTION.format("one"), "## Effects on health", SECTION.format("three"))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
