@@ -264,6 +264,7 @@ def finish_article(spec: ArticleSpec, outline: dict[str, Any], sections: dict[st
         if failed(result):
             raise step_error(result)
     article = assemble_article(spec, outline, sections, store, backend_info=backend_info, batch_size=batch_size)
+    root = Path(root) if root is not None else outputs_dir()
     if not overwrite and (kept := _already_written(article, root)) is not None:
         return kept  # a cached re-run: no evaluation of an article that is already there
     if evaluate:
@@ -271,11 +272,10 @@ def finish_article(spec: ArticleSpec, outline: dict[str, Any], sections: dict[st
     return save_article(article, root, overwrite=overwrite)
 
 
-def _already_written(article: dict[str, Any], root: Path | None) -> ArticleResult | None:
-    """The article as it is on disk when its folder already holds the same inputs key (its record, with its
-    evaluation, stands), else None."""
-    folder = find_existing(Path(root) if root is not None else outputs_dir(), slugify(article["slug"]),
-                           article["inputs_key"])
+def _already_written(article: dict[str, Any], root: Path) -> ArticleResult | None:
+    """The article as it is on disk when its folder under ``root`` already holds the same inputs key (its
+    record, with its evaluation, stands), else None."""
+    folder = find_existing(root, slugify(article["slug"]), article["inputs_key"])
     if folder is None:
         return None
     try:
