@@ -59,7 +59,7 @@ def greedy(prompt: str, n: int = 8, **kw) -> GenerationRequest:
 
 def test_batch_returns_completions_in_order_with_token_counts(backend, tiny_gpt2):
     tokenizer = tiny_gpt2[1]
-    # Three prompt lengths, two settings groups, and max_batch_size=2: sorting, chunking and regrouping all happen.
+    # Three prompt lengths, two token budgets, and max_batch_size=2: sorting, chunking and regrouping all happen.
     requests = [greedy(PROMPTS[0], 6), greedy(PROMPTS[1], 6), greedy(PROMPTS[2], 4)]
     out = backend.generate(requests)
     assert len(out) == 3
@@ -189,6 +189,24 @@ def test_stop_string_trims_text_and_finishes_with_stop(backend):
     [completion] = backend.generate([greedy(PROMPTS[1], 12, stop=(stop,))])
     assert completion.text == full[: full.find(stop)]
     assert completion.finish_reason == "stop"
+
+
+def test_rows_with_their_own_budget_and_stops_share_one_call_and_get_what_they_get_alone(backend, monkeypatch):
+    """The outlines of a 3- and a 5-section article (other stops) or follow-ups of other lengths: one call, not two."""
+    full = backend.generate([greedy(PROMPTS[1], 12)])[0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    assert stop.strip(), f"pick a visible stop string from {full!r}"
+    requests = [greedy(PROMPTS[0], 3), greedy(PROMPTS[1], 12, stop=(stop,))]
+    alone = [backend.generate([r])[0] for r in requests]
+    chunks = []
+    run_chunk = LocalBackend._run_chunk
+    monkeypatch.setattr(LocalBackend, "_run_chunk", lambda self, *a: chunks.append(len(a[2])) or run_chunk(self, *a))
+    together = backend.generate(requests)
+    assert chunks == [2]
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in together] == \
+        [(c.text, c.completion_tokens, c.finish_reason) for c in alone]
+    assert together[0].completion_tokens == 3 and together[0].finish_reason == "length"
+    assert together[1].text == full[: full.find(stop)] and together[1].finish_reason == "stop"
 
 
 def test_prompt_longer_than_context_does_not_crash(backend):

@@ -203,18 +203,20 @@ class LocalBackend(Backend):
         return run_on_model_thread(lambda: self._run_all(model, tokenizer, work))
 
     def _run_all(self, model: Any, tokenizer: Any, work: list[tuple[GenerationRequest, list[int]]]) -> list[Completion]:
-        """Completions of ``work`` (request, prompt ids), in order: equal settings share chunks of the batch size, sorted by length.
+        """Completions of ``work`` (request, prompt ids), in order: requests with the same sampler share chunks of the batch size.
 
-        Seeds are per row (see :func:`_row_generators`), so requests with different seeds, such as
-        the sections of two articles, still share a chunk.
+        Token budgets and stop strings are per row (a row that reaches its own stops early), and so
+        are seeds (see :func:`_row_generators`): the outlines of articles with different section
+        counts, or the follow-up requests of articles missing one title and two, share one call.
+        Beyond one chunk, rows of similar budget and prompt length go together.
         """
         groups: dict[tuple, list[int]] = {}
         for i, (r, _) in enumerate(work):
-            groups.setdefault((r.max_new_tokens, r.temperature, r.top_p, r.stop), []).append(i)
+            groups.setdefault((r.temperature, r.top_p), []).append(i)
         results: list[Completion | None] = [None] * len(work)
         size = self._batch_size or 1
         for members in groups.values():
-            members.sort(key=lambda i: len(work[i][1]))
+            members.sort(key=lambda i: (work[i][0].max_new_tokens, len(work[i][1])))
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
                 done = self._run_chunk(model, tokenizer, [work[i][0] for i in chunk], [work[i][1] for i in chunk])
@@ -244,9 +246,10 @@ class LocalBackend(Backend):
 
     def _run_chunk(self, model: Any, tokenizer: Any, reqs: list[GenerationRequest], prompts: list[list[int]]) -> list[Completion]:
         torch, transformers = torch_modules()
-        req = reqs[0]  # every request of a chunk has the same settings but its own seed
+        req = reqs[0]  # every request of a chunk has the same sampler; seed, budget and stops are its own
         generators = _row_generators(torch, [r.seed for r in reqs], prompts, model.device)
-        prompts, max_new = self._fit_context(model, tokenizer, prompts, req.max_new_tokens)
+        prompts, max_new = self._fit_context(model, tokenizer, prompts, max(r.max_new_tokens for r in reqs))
+        budgets = [min(r.max_new_tokens, max_new) for r in reqs]
         pad_id = tokenizer.pad_token_id
         cache, layout = fastpath_module.prefill_shared(model, prompts, pad_id, max_new, **self._cache_parts())
         if layout is None:
@@ -280,11 +283,9 @@ class LocalBackend(Backend):
         extra: dict[str, Any] = {"logits_processor": processors}
         if cache is not None:
             extra["cache"] = cache
-        if req.stop:
-            settings["stop_strings"] = list(req.stop)
-            extra["tokenizer"] = tokenizer
         start = time.perf_counter()
-        extra["stopping_criteria"] = transformers.StoppingCriteriaList([_progress_criterion(len(prompts), max_new)])
+        extra["stopping_criteria"] = transformers.StoppingCriteriaList(
+            [_row_criterion(transformers, tokenizer, reqs, budgets, max_new)])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -295,10 +296,11 @@ class LocalBackend(Backend):
         seconds = (time.perf_counter() - start) / len(prompts)
         ends = eos_ids | {pad_id}
         completions = []
-        for prompt, row in zip(prompts, out[:, width:].tolist()):
+        for prompt, row, budget, r in zip(prompts, out[:, width:].tolist(), budgets, reqs):
+            row = row[:budget]  # a row that reached its budget was padded after it
             n = next((k for k, tok in enumerate(row) if tok in ends), None)
             new_tokens = row if n is None else row[:n]
-            text, stopped = trim_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), req.stop)
+            text, stopped = trim_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), r.stop)
             finished = stopped or n is not None
             completions.append(
                 Completion(
@@ -327,14 +329,26 @@ def _row_generators(torch: Any, seeds: Sequence[int | None], prompts: Sequence[S
     return gens
 
 
-def _progress_criterion(batch: int, max_new: int):
-    """A stopping criterion that never stops: it logs generation progress every ~20% (long CPU runs)."""
-    import torch
-    from transformers import StoppingCriteria
+def _row_criterion(transformers: Any, tokenizer: Any, reqs: Sequence[GenerationRequest], budgets: Sequence[int],
+                   max_new: int):
+    """The chunk's stopping criterion: each row stops at its own token budget and its own stop strings.
 
-    class Progress(StoppingCriteria):
+    It also logs generation progress every ~20% (long CPU runs).
+    """
+    import torch
+
+    by_stops: dict[tuple[str, ...], list[int]] = {}
+    for k, r in enumerate(reqs):
+        if r.stop:
+            by_stops.setdefault(tuple(r.stop), []).append(k)
+    stop_checks = [(transformers.StopStringCriteria(tokenizer, list(stops)), rows) for stops, rows in by_stops.items()]
+    batch = len(reqs)
+
+    class RowStops(transformers.StoppingCriteria):
         def __init__(self):
             self.step, self.start, self.next_mark = 0, time.perf_counter(), 0.2
+            self.budgets = torch.tensor(list(budgets))
+            self.masks = [torch.tensor([k in set(rows) for k in range(batch)]) for _, rows in stop_checks]
 
         def __call__(self, input_ids, scores, **kwargs):
             self.step += 1
@@ -343,9 +357,12 @@ def _progress_criterion(batch: int, max_new: int):
                 log.info("generating %d sequence(s): %d/%d tokens (%.0f%%), %.1f tokens/s", batch, self.step,
                          max_new, 100 * self.step / max_new, batch * self.step / max(elapsed, 1e-9))
                 self.next_mark += 0.2
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            done = (self.budgets <= self.step).to(input_ids.device)
+            for (check, _), mask in zip(stop_checks, self.masks):
+                done |= check(input_ids, scores) & mask.to(input_ids.device)
+            return done
 
-    return Progress()
+    return RowStops()
 
 
 __all__ = ["LocalBackend", "LocalOptions"]
