@@ -313,8 +313,7 @@ def embed_passages(passages: Sequence[Passage], cache: VectorCache, *, progress:
         progress(0, len(missing), "embed")
     for start in range(0, len(missing), batch):
         part = missing[start:start + batch]
-        with _bulk_context():
-            vectors = np.asarray(embed([text_of[k] for k in part]), dtype=np.float32)
+        vectors = np.asarray(embed([text_of[k] for k in part], context=_bulk_context), dtype=np.float32)
         new = dict(zip(part, vectors))
         cache.put(new)
         found.update(new)

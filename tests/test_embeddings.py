@@ -106,3 +106,26 @@ def test_model_loads_once_across_threads(monkeypatch):
     assert len(calls) == 1
     assert len(got) == 4 and all(m is got[0] for m in got)
     assert emb.load_seconds is not None and emb.load_seconds > 0
+
+
+@pytest.mark.slow
+def test_loading_and_embedding_run_on_the_model_thread_under_the_given_context(monkeypatch):
+    """Torch work on a second thread gave it an OpenMP team of its own: generation then ran 1.65x slower."""
+    import torch
+
+    names: list[tuple] = []
+    monkeypatch.setattr(emb, "_MODEL", None)
+    real = emb._load
+    monkeypatch.setattr(emb, "_load", lambda: names.append((threading.current_thread().name, "load")) or real())
+    hook = emb.load_model()[0].register_forward_pre_hook(
+        lambda *_: names.append((threading.current_thread().name, torch.is_autocast_cpu_enabled())))
+    try:
+        emb.embed(["The city is warm in the summer."])
+        worker = threading.Thread(target=lambda: emb.embed(["Rivers cool the air."], context=lambda: torch.autocast(
+            "cpu", dtype=torch.bfloat16)), name="article-2")
+        worker.start()
+        worker.join()
+        emb.embed(["Parks are cooler than streets."])
+    finally:
+        hook.remove()
+    assert names == [("aigc-model", "load"), ("aigc-model", False), ("aigc-model", True), ("aigc-model", False)]
