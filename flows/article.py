@@ -18,7 +18,7 @@ from aigc.errors import AigcError
 from aigc.spec import ArticleSpec
 from aigc.templates import TemplateStore
 from aigc.version import steps_version
-from flows.common import CACHE_POLICY, publish
+from flows.common import CACHE_POLICY, publish, sends_heartbeats
 
 #: No Prefect retries on the steps that call a backend: the backend retries single requests itself (the openai
 #: backend: max_retries, see aigc/backends/openai.py), so the two layers never multiply.
@@ -160,6 +160,7 @@ def build_spec(**params: Any) -> ArticleSpec:
 
 
 @flow(name="aigc-article", log_prints=True, validate_parameters=True)
+@sends_heartbeats
 def article_flow(
     topic: str | None = None,
     style: str = "article",

@@ -20,7 +20,7 @@ from aigc.errors import AigcError
 from aigc.outputs import check_writable, slugify
 from aigc.paths import outputs_dir as default_outputs_dir
 from flows.article import write_group
-from flows.common import publish
+from flows.common import publish, sends_heartbeats
 from flows.distribute import run_parts
 
 #: Threads of the batch's task runner: the per-article tasks (assembly, evaluation, files) of a group run side by side.
@@ -41,6 +41,7 @@ def _row(item: batches.BatchItem, status: str, seconds: float, folder: str | Non
 
 @flow(name="aigc-batch", log_prints=True, validate_parameters=True,
       task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+@sends_heartbeats
 def batch_flow(
     batch_file: str = "data/batches/nightly.yaml",
     outputs_dir: str | None = None,

@@ -34,7 +34,8 @@ ITEMS_DEPLOYMENT = "aigc-batch-items/items"
 MARKER = ".aigc-batch-run"
 #: Runs of one part at most (a crashed run is submitted again).
 ATTEMPTS = 3
-#: Seconds between looks at the runs' states; seconds the Prefect server may stay silent before the batch gives up.
+#: Seconds between looks at the runs' states; seconds the Prefect server may stay silent before the batch gives
+#: up (the environment's AIGC_SERVER_PATIENCE when set).
 POLL_SECONDS = 2.0
 SERVER_PATIENCE = 120.0
 
@@ -100,7 +101,7 @@ def run_parts(parts: Sequence[Sequence[batches.Plan]], rows: dict[int, dict], fo
             pending[run.id] = (number, 1, time.monotonic())
         logger.info("Submitted %d run(s) of %s for %d items; waiting for workers", len(parts), ITEMS_DEPLOYMENT,
                     sum(len(p) for p in parts))
-        silent_since = None
+        silent_since, patience = None, server_patience()
         while pending:
             time.sleep(POLL_SECONDS)
             try:
@@ -108,9 +109,9 @@ def run_parts(parts: Sequence[Sequence[batches.Plan]], rows: dict[int, dict], fo
                 silent_since = None
             except Exception as err:  # noqa: BLE001 - the server is away; wait a while for it
                 silent_since = silent_since or time.monotonic()
-                if time.monotonic() - silent_since > SERVER_PATIENCE:
+                if time.monotonic() - silent_since > patience:
                     written = sum(1 for p in parts for plan in p if _found(folder, plan))
-                    raise AigcError(f"the Prefect server has not answered for {SERVER_PATIENCE:.0f} s "
+                    raise AigcError(f"the Prefect server has not answered for {patience:.0f} s "
                                     f"({type(err).__name__}); {written} of {sum(len(p) for p in parts)} items are "
                                     "written and kept; run the same batch again to finish the rest") from None
                 continue
@@ -136,6 +137,21 @@ def run_parts(parts: Sequence[Sequence[batches.Plan]], rows: dict[int, dict], fo
                 why = f"run {run.name} ended {run.state.name}: {run.state.message or 'no message'}"
                 logger.error("Item %d (%s) failed: %s", plan.item.index, plan.item.spec.topic, why)
                 rows[plan.item.index] = make_row(plan.item, "failed", seconds, error=why)
+
+
+def server_patience() -> float:
+    """Seconds a distributing batch waits for a silent Prefect server: AIGC_SERVER_PATIENCE, else SERVER_PATIENCE."""
+    value = os.environ.get("AIGC_SERVER_PATIENCE")
+    if value is None:
+        return SERVER_PATIENCE
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"AIGC_SERVER_PATIENCE={value!r}: give the seconds to wait for a silent Prefect server, "
+                          f"e.g. 120")
+    return seconds
 
 
 def _submit(part: Sequence[batches.Plan], folder: Path, templates_dir: str | None, batch_run: str) -> Any:

@@ -78,6 +78,17 @@ def test_a_full_disk_while_writing_leaves_nothing_half_written(fake_backend, tmp
     assert sorted(p.name for p in (tmpfs / "out" / "tides").iterdir()) == ["article.html", "article.json", "article.md"]
 
 
+def test_a_bad_server_patience_is_one_line_before_anything_is_submitted(fake_backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never asked: the check comes first
+    monkeypatch.setenv("AIGC_SERVER_PATIENCE", "two minutes")
+    batch = tmp_path / "b.yaml"
+    batch.write_text("name: b\ndefaults: {backend: fake}\nitems: [Tides]\n")
+    line = last_line(invoke("batch", str(batch), "--distribute", "--outputs", str(tmp_path / "out")))
+    assert line == ("Error: AIGC_SERVER_PATIENCE='two minutes': give the seconds to wait for a silent Prefect server, "
+                    "e.g. 120")
+    assert fake_backend.calls == []
+
+
 def test_a_user_template_with_a_huge_range_is_one_line(templates_copy):
     (templates_copy / "news" / "outline.j2").write_text(
         '{% extends "base/outline.j2" %}\n{% block kind %}{{ range(99999999)|list|length }}{% endblock %}\n')
@@ -168,3 +179,86 @@ def _artifacts_text() -> str:
 
     with get_client(sync_client=True) as client:
         return json.dumps([a.data for a in client.read_artifacts(limit=50)], default=str)
+
+
+@pytest.mark.slow
+def test_the_prefect_server_dying_mid_batch_ends_in_one_line_soon_and_loses_nothing(tmp_path):
+    """`aigc batch` in its own process, its Prefect server (SQLite, loopback) SIGKILLed after the first article: the
+    batch writes the rest without it, then ends with one line and exit 1, within a bound (it took ~8 minutes: the
+    client's 5 retries per call, then minutes of undeliverable events at exit); run again, nothing is rewritten."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+
+    repo = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AIGC_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_UI_ENABLED="false", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo),
+               AIGC_TEMPLATES_DIR=str(repo / "templates"))
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start_server() -> subprocess.Popen:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while not healthy():
+            assert proc.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(0.5)
+        return proc
+
+    def kill(proc: subprocess.Popen) -> None:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in procs:
+            p.kill()
+        psutil.wait_procs(procs, timeout=10)
+
+    items = "".join(f'\n  - topic: "Topic {i}: street life in a small city, part {i}"' for i in range(1, 7))
+    batch = tmp_path / "b.yaml"
+    batch.write_text('name: sd\ndefaults: {backend: "tests.plugins.worker_fake:WorkerFake", sections: 2, words: 80, '
+                     f'backend_options: {{delay: 1.5}}}}\nitems:{items}\n')
+    cmd = [sys.executable, "-c", "from aigc.cli import main; main()", "batch", str(batch), "--outputs",
+           str(tmp_path / "out"), "--concurrency", "1"]
+    folder = tmp_path / "out" / "sd"
+    written = lambda: sorted(p.name for p in folder.glob("*/article.md")) if folder.is_dir() else []  # noqa: E731
+    server = start_server()
+    try:
+        run = subprocess.Popen(cmd, env={**env, "PREFECT_API_URL": url}, cwd=repo, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not written() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        kill(server)
+        killed = time.monotonic()
+        out, _ = run.communicate(timeout=400)
+        after = time.monotonic() - killed
+        assert run.returncode == 1, out[-3000:]
+        last = out.rstrip().splitlines()[-1]
+        assert last.startswith(f"Error: lost the Prefect server ({url})") and "run the same command again" in last, \
+            out[-3000:]
+        assert len(written()) == 6, (written(), out[-3000:])  # the batch wrote on without its server
+        assert after < 120, after  # 6 x 3 s of work left at most, ~3 s a call's retries, ~15 s to give up
+        server = start_server()
+        again = subprocess.run(cmd, env={**env, "PREFECT_API_URL": url}, cwd=repo, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "6 unchanged" in again.stdout, again.stdout[-2000:]
+        shown = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        assert len(shown) == 6 + 2, shown  # six articles, index.md and index.html: nothing twice, nothing half-written
+    finally:
+        if server.poll() is None:
+            kill(server)
+    print(f"server killed after the first article: the batch wrote all 6 and ended {after:.0f} s later: {last}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -101,6 +102,7 @@ class Cluster:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_url = ""
+        self.server_env: dict[str, str] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AIGC_"))}
@@ -126,13 +128,33 @@ class Cluster:
         assert run.returncode == 0, f"prefect {' '.join(args)}: {run.stdout[-3000:]}{run.stderr[-3000:]}"
         return run.stdout
 
-    def worker(self, name: str) -> subprocess.Popen:
+    def worker(self, name: str, wrap: list[str] = ()) -> subprocess.Popen:
+        """A `prefect worker` on the aigc pool; ``wrap``: a command line to start it under (another mount namespace)."""
         env = self.env(PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT), PREFECT_WORKER_QUERY_SECONDS="2",
                        PREFECT_HOME=str(self.tmp / f"{name}-home"), AIGC_FAKE_WORKER=name,
                        AIGC_FAKE_LOG=str(self.tmp / f"{name}.fake"),
                        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(self.tmp / f"{name}-results"))
-        return self.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", "aigc", "--type", "process",
+        return self.start(name, [*wrap, str(BIN / "prefect"), "worker", "start", "--pool", "aigc", "--type", "process",
                                  "--limit", "1", "--name", name], env)
+
+    def only_workers(self, *names: str) -> None:
+        """Exactly these (plain) workers running: others killed, missing ones started; waits for new ones."""
+        workers = [n for n, p in self.procs.items() if n.startswith("w") and p.poll() is None]
+        for name in workers:
+            if name not in names:
+                _kill_tree(self.procs[name].pid)
+        started = [n for n in names if n not in workers]
+        for name in started:
+            self.worker(name)
+        _wait(lambda: all("started" in self.log(n).lower() for n in started), 120, f"workers {started}")
+
+    def start_server(self) -> subprocess.Popen:
+        """The Prefect server on the cluster's PostgreSQL database and port (again, after it was killed)."""
+        server = self.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                       self.api_url.split(":")[-1].split("/")[0]], self.server_env)
+        _wait(lambda: _healthy(self.api_url) or (server.poll() is not None and pytest.fail(self.log("server")[-3000:])),
+              180, "the Prefect server on PostgreSQL")
+        return server
 
     def fake_log(self, name: str) -> list[list[str]]:
         path = self.tmp / f"{name}.fake"
@@ -169,12 +191,9 @@ def cluster(tmp_path_factory):
                        check=True, capture_output=True, timeout=60)
         api_port = _free_port()
         c.api_url = f"http://127.0.0.1:{api_port}/api"
-        server_env = c.env(PREFECT_HOME=str(tmp / "server-home"), PREFECT_UI_ENABLED="false",
-                           PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
-        server = c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                    str(api_port)], server_env)
-        _wait(lambda: _healthy(c.api_url) or (server.poll() is not None and pytest.fail(c.log("server")[-3000:])),
-              180, "the Prefect server on PostgreSQL")
+        c.server_env = c.env(PREFECT_HOME=str(tmp / "server-home"), PREFECT_UI_ENABLED="false",
+                             PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
+        c.start_server()
         c.prefect("work-pool", "create", "aigc", "--type", "process")
         c.prefect("--no-prompt", "deploy", "--name", "items")
         c.prefect("automation", "create", "--from-file", "prefect-automations.yaml")
@@ -204,7 +223,7 @@ def _aigc_batch(c: Cluster, path: Path, outputs: Path, name: str, *extra: str) -
                           *extra], c.env(PREFECT_HOME=str(c.tmp / f"{name}-home")))
 
 
-def _check_written_once(folder: Path, n: int) -> dict:
+def _check_written_once(folder: Path, n: int, *, rerun: bool = False) -> dict:
     entries = sorted(p.name for p in folder.iterdir())
     slugs = [e for e in entries if (folder / e).is_dir()]
     assert len(slugs) == n, entries  # no "-2" copies, no half-written ".tmp-" folders
@@ -213,7 +232,11 @@ def _check_written_once(folder: Path, n: int) -> dict:
         assert sorted(p.name for p in (folder / slug).iterdir()) == ["article.html", "article.json", "article.md"]
         assert json.loads((folder / slug / "article.json").read_text())["backend"]["backend"] == "worker-fake"
     index = (folder / "index.md").read_text()
-    assert f"{n} items: {n} written" in index, index
+    if rerun:  # items written by the first run are "unchanged" in the second one's index
+        counts = re.search(rf"{n} items: ([^(\n]*)", index)
+        assert counts and "failed" not in counts.group(1), index
+    else:
+        assert f"{n} items: {n} written" in index, index
     return {"slugs": slugs}
 
 
@@ -263,3 +286,106 @@ def test_two_workers_share_a_batch_and_a_killed_worker_loses_nothing(cluster, tm
 def _written_by_w1_before(c: Cluster) -> list[str]:
     """Topics whose sections w1 generated (its finished run: the run in progress was killed before its sections)."""
     return sorted({line[3] for line in c.fake_log("w1") if line[2] == "section"})
+
+
+def test_a_cli_run_killed_with_sigkill_is_marked_crashed(cluster, tmp_path):
+    """`aigc write` runs its flow in its own process, without Prefect's heartbeat thread (it cost up to 1 s a
+    run): aigc's own heartbeat lets the crashed-run automation mark the run Crashed when the process dies."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    c = cluster
+    topic = f"Night buses in a small city {os.getpid()}"
+    start = "from aigc.cli import main; main()"
+    proc = c.start("cli-write", [sys.executable, "-c", start, "write", topic, "--backend", BACKEND, "-o", "delay=600",
+                             "--sections", "2", "--words", "80", "--outputs", str(tmp_path / "out")],
+                   c.env(PREFECT_HOME=str(c.tmp / "write-home")))
+
+    def runs(client) -> list:
+        found = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["aigc-article"])))
+        return [r for r in found if r.parameters.get("topic") == topic]
+
+    with temporary_settings(updates={PREFECT_API_URL: c.api_url}):
+        with get_client(sync_client=True) as client:
+            _wait(lambda: any(r.state and r.state.is_running() for r in runs(client))
+                  or (proc.poll() is not None and pytest.fail(c.log("cli-write")[-3000:])), 180, "the write run to start")
+            time.sleep(3)  # its first heartbeat, sent as the flow's body starts, reaches the server
+            assert _kill_tree(proc.pid), "the aigc write process was not running"
+            killed_at = time.time()
+            _wait(lambda: all(r.state and r.state.is_crashed() for r in runs(client)), 180,
+                  "the killed run to be marked Crashed", interval=2)
+            [run] = runs(client)
+    detected = run.state.timestamp.timestamp() - killed_at
+    assert 0 < detected < 150, detected
+    assert "heartbeat" in (run.state.message or "").lower(), run.state.message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("article.md"))
+    print(f"aigc write killed with SIGKILL: its run marked Crashed {detected:.0f} s later (heartbeat every 30 s, "
+          "automation within 60 s)")
+
+
+def test_a_worker_on_another_outputs_path_fails_its_items_with_one_line(cluster, tmp_path):
+    """A worker whose machine does not share the outputs folder (here: its own empty tmpfs mounted over it, in a
+    mount namespace) writes nothing there and fails its items, saying what to mount; the batch says so."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to give a worker a mount namespace of its own")
+    c = cluster
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    c.only_workers()  # only the worker on the other path takes the runs
+    c.worker("w-other", wrap=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              f'mount -t tmpfs aigc-other "{outputs}" && exec "$0" "$@"'])
+    try:
+        _wait(lambda: "started" in c.log("w-other").lower() or c.procs["w-other"].poll() is not None, 120,
+              "the worker on the other path")
+        assert c.procs["w-other"].poll() is None, c.log("w-other")[-3000:]
+        proc = _aigc_batch(c, _batch_file(tmp_path, "elsewhere", 2, delay=0.2), outputs, "elsewhere",
+                           "--items-per-run", "2")
+        _wait(lambda: proc.poll() is not None, 300, "the batch on the other path")
+    finally:
+        c.only_workers("w2")
+    log = c.log("elsewhere")
+    assert proc.returncode == 1, log[-3000:]
+    assert "is not the batch's folder on this machine" in log and "mount the shared outputs location" in log, log
+    assert log.rstrip().splitlines()[-1].startswith("Error: 2 item(s) failed"), log[-2000:]
+    folder = outputs / "elsewhere"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [], list(folder.iterdir())
+    assert "2 items: 2 failed" in (folder / "index.md").read_text()
+
+
+def test_the_server_going_away_under_a_distributed_batch_loses_nothing(cluster, tmp_path):
+    """The Prefect server is killed mid-batch: the batch gives up after AIGC_SERVER_PATIENCE with one line and
+    what was written stays; with the server back (same database), the same command writes the rest, each once."""
+    c = cluster
+    c.only_workers("w2")
+    path = _batch_file(tmp_path, "vanish", 6, delay=2.0)
+    outputs = tmp_path / "out"
+    patience = 20
+    start = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from aigc.cli import main; main()"
+    env = c.env(PREFECT_HOME=str(c.tmp / "vanish-home"), AIGC_SERVER_PATIENCE=str(patience))
+    proc = c.start("vanish", [sys.executable, "-c", start, "batch", str(path), "--distribute", "--outputs",
+                              str(outputs), "--items-per-run", "1"], env)
+    folder = outputs / "vanish"
+    written = lambda: sorted(p.name for p in folder.iterdir() if (p / "article.md").is_file()) if folder.is_dir() else []
+    _wait(lambda: written() or proc.poll() is not None, 300, "the first article", interval=0.3)
+    _kill_tree(c.procs["server"].pid)
+    killed_at = time.monotonic()
+    try:
+        _wait(lambda: proc.poll() is not None, patience + 240, "the batch to give up", interval=1)
+        gave_up = time.monotonic() - killed_at
+        log = c.log("vanish")
+        assert proc.returncode == 1, log[-3000:]
+        last = log.rstrip().splitlines()[-1]
+        assert last.startswith("Error:") and "Prefect server" in last and "again" in last, log[-3000:]
+        kept = written()
+        assert kept, log[-2000:]
+    finally:
+        c.start_server()
+    c.only_workers("w2")
+    again = c.start("vanish-again", [sys.executable, "-c", start, "batch", str(path), "--distribute", "--outputs",
+                                     str(outputs), "--items-per-run", "1"], env)
+    _wait(lambda: again.poll() is not None, 420, "the batch run again")
+    assert again.returncode == 0, c.log("vanish-again")[-3000:]
+    _check_written_once(folder, 6, rerun=True)
+    print(f"server killed with {len(kept)} of 6 articles written; the batch gave up {gave_up:.0f} s later "
+          f"(AIGC_SERVER_PATIENCE={patience}): {last}; run again after a restart: 6 written once")

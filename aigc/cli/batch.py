@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from aigc.cli.common import _fail, check_local_model, one_line_errors, quiet_tracebacks
+from aigc.cli.common import _fail, check_local_model, one_line_errors, prefect_server_lost, quiet_tracebacks
 from aigc.errors import AigcError, ConfigError
 from flows.deploy import DEFAULT_BATCH, DEFAULT_CRON, DEFAULT_TIMEZONE, ITEMS, NIGHTLY, SINGLE_REPORT
 
@@ -53,6 +53,10 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
         if distribute and not os.environ.get("PREFECT_API_URL"):
             raise ConfigError("--distribute needs a Prefect server that the workers share: export PREFECT_API_URL="
                               "http://server-host:4200/api (see docs/deployments.md)")
+        if distribute:
+            from flows.distribute import server_patience
+
+            server_patience()  # a bad AIGC_SERVER_PATIENCE is said now, not after the items are submitted
     for line in batch.skipped:
         click.echo(f"Skipped: {line}", err=True)
     click.echo(f"Batch '{batch.name}': {len(batch.items)} items -> {folder}/"
@@ -61,18 +65,11 @@ def batch_command(batch_file: str, outputs_dir: str | None, concurrency: int | N
     from flows.batch import batch_flow
     from flows.common import in_process_run
 
-    import httpx
-
     quiet_tracebacks()
-    try:
-        with in_process_run():
-            state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
-                               max_items=max_items, templates_dir=templates_dir, distribute=distribute,
-                               items_per_run=items_per_run, skip_invalid=skip_invalid, return_state=True)
-    except (OSError, httpx.TransportError) as err:  # the Prefect server went away while the flow ran
-        raise click.ClickException(f"lost the Prefect server ({os.environ.get('PREFECT_API_URL', 'temporary')}): "
-                                   f"{type(err).__name__}: {err}; articles written so far are kept, run the same "
-                                   "command again to finish") from None
+    with prefect_server_lost(), in_process_run():
+        state = batch_flow(batch_file=str(batch.path), outputs_dir=outputs_dir, concurrency=concurrency,
+                           max_items=max_items, templates_dir=templates_dir, distribute=distribute,
+                           items_per_run=items_per_run, skip_invalid=skip_invalid, return_state=True)
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException) or not isinstance(summary, dict):
         if isinstance(summary, AigcError):

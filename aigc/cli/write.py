@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from aigc.cli.common import (STYLE_HELP, backend_options, check_local_model, one_line_errors, quiet_tracebacks,
-                             read_outline)
+from aigc.cli.common import (STYLE_HELP, backend_options, check_local_model, one_line_errors,
+                             prefect_server_lost, quiet_tracebacks, read_outline)
 
 
 def preflight(spec, templates_dir: str | None, outputs_dir: str | None = None) -> None:
@@ -185,7 +185,7 @@ def write_command(topic: str | None, brief: str | None, brief_file: str | None, 
         from flows.common import in_process_run
 
         quiet_tracebacks()
-        with in_process_run():
+        with prefect_server_lost(), in_process_run():
             # the spec's fields this command set, validated, as the flow's parameters of the same names
             result = article_flow(**spec.model_dump(mode="json", exclude_unset=True), outputs_dir=outputs_dir,
                                   templates_dir=templates_dir, overwrite=overwrite)
