@@ -1,4 +1,4 @@
-"""What the flows share: the cache policy (inputs and task source), artifact publishing, and the settings of CLI runs."""
+"""What the flows share: the cache policy (inputs and task source), artifact publishing, and the settings and heartbeats of CLI runs."""
 
 from __future__ import annotations
 
