@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aigc.errors import InputError, OutputError
-from aigc.outputs import slugify, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
+from aigc.outputs import read_record, slugify, write_text_atomic  # noqa: F401  (read_record, write_text_atomic: re-exported)
 from aigc.paths import REPO_ROOT
 from aigc.spec import ArticleSpec
 
@@ -368,14 +368,6 @@ def plan_item(item: BatchItem, folder: Path, templates_dir: str | None = None) -
     key = inputs_key(spec, hashes, backend.describe().get("model", ""))
     done = find_existing(folder, slugify(spec.topic), key)
     return Plan(item, key, backend_key(spec), backend.concurrent_articles(spec.sections), done)
-
-
-def read_record(folder: str | Path | None) -> dict[str, Any]:
-    """An article's JSON record ({} if it cannot be read)."""
-    try:
-        return json.loads((Path(folder) / "article.json").read_text("utf-8")) if folder else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _cell(value: Any) -> str:

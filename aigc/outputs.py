@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from aigc.errors import OutputError
 
@@ -61,14 +62,19 @@ def ascii_slug(text: str, fallback: str = "article") -> str:
     return f"{latin[:40]}-{digest}" if latin else f"{fallback}-{digest}"
 
 
+def read_record(folder: str | Path | None) -> dict[str, Any]:
+    """An article's JSON record ({} if it cannot be read)."""
+    try:
+        return json.loads((Path(folder) / "article.json").read_text("utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def existing_key(folder: Path) -> str | None:
     """The inputs key of the article in ``folder``, if it is complete."""
     if not all((folder / f).is_file() for f in FILES):
         return None
-    try:
-        return json.loads((folder / "article.json").read_text("utf-8")).get("inputs_key")
-    except (OSError, ValueError):
-        return None
+    return read_record(folder).get("inputs_key")
 
 
 def find_existing(root: Path, slug: str, inputs_key: str) -> Path | None:

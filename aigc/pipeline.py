@@ -20,7 +20,7 @@ from aigc.backends import Backend, get_backend
 from aigc.errors import AigcError
 from aigc.outline import generate_outlines
 from aigc.outline_parse import given_outline
-from aigc.outputs import find_existing, slugify, write_article_files
+from aigc.outputs import find_existing, read_record, slugify, write_article_files
 from aigc.paths import outputs_dir
 from aigc.sections import expand_sections
 from aigc.spec import ArticleSpec
@@ -276,12 +276,9 @@ def _already_written(article: dict[str, Any], root: Path) -> ArticleResult | Non
     """The article as it is on disk when its folder under ``root`` already holds the same inputs key (its
     record, with its evaluation, stands), else None."""
     folder = find_existing(root, slugify(article["slug"]), article["inputs_key"])
-    if folder is None:
-        return None
-    try:
-        record = json.loads((folder / "article.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable: written again as usual
+    record = read_record(folder)
+    if not record:
+        return None  # none there, or unreadable: written again as usual
     names = [*article["files"], "article.json"]
     return ArticleResult(folder=folder, status="unchanged", record=record, files={n: folder / n for n in names})
 

@@ -46,7 +46,7 @@ def prefect_server_lost() -> Iterator[None]:
     except httpx.TransportError as err:
         from aigc.credentials import redact
 
-        url = redact(os.environ.get("PREFECT_API_URL") or "a temporary server")
+        url = os.environ.get("PREFECT_API_URL") or "a temporary server"
         cause = _aigc_cause(err)  # e.g. a distributing batch that gave up on the server, then could not report it
         line = (f"Error: {cause}" if cause else
                 f"Error: lost the Prefect server ({url}): {type(err).__name__}: {err}; articles written so far are "

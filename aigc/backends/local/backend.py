@@ -348,7 +348,7 @@ def _row_criterion(transformers: Any, tokenizer: Any, reqs: Sequence[GenerationR
         def __init__(self):
             self.step, self.start, self.next_mark = 0, time.perf_counter(), 0.2
             self.budgets = torch.tensor(list(budgets))
-            self.masks = [torch.tensor([k in set(rows) for k in range(batch)]) for _, rows in stop_checks]
+            self.masks = [torch.tensor([k in rows for k in range(batch)]) for _, rows in stop_checks]
 
         def __call__(self, input_ids, scores, **kwargs):
             self.step += 1
