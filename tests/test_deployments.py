@@ -8,16 +8,16 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from tests.servers import free_port, healthy
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,20 +68,6 @@ def test_prefect_yaml_matches_the_served_deployments():
         assert f"def {func}(" in (REPO / path).read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -103,7 +89,7 @@ def api_url():
     if given:
         yield given.rstrip("/")
         return
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(_TMP / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
@@ -112,7 +98,7 @@ def api_url():
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not _healthy(url):
+        while not healthy(url):
             assert server.poll() is None, (_TMP / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the Prefect server did not become healthy in 120 s"
             time.sleep(0.5)

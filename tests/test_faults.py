@@ -186,45 +186,26 @@ def test_the_prefect_server_dying_mid_batch_ends_in_one_line_soon_and_loses_noth
     """`aigc batch` in its own process, its Prefect server (SQLite, loopback) SIGKILLed after the first article: the
     batch writes the rest without it, then ends with one line and exit 1, within a bound (it took ~8 minutes: the
     client's 5 retries per call, then minutes of undeliverable events at exit); run again, nothing is rewritten."""
-    import socket
     import sys
     import time
-    import urllib.request
 
-    import psutil
+    from tests.servers import free_port, healthy, kill_tree, wait_until
 
     repo = Path(__file__).resolve().parent.parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AIGC_"))}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_ENABLED="false", HF_HUB_OFFLINE="1", PYTHONPATH=str(repo),
                AIGC_TEMPLATES_DIR=str(repo / "templates"))
     url = f"http://127.0.0.1:{port}/api"
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     def start_server() -> subprocess.Popen:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
                                  "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while not healthy():
-            assert proc.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
-            time.sleep(0.5)
+        wait_until(lambda: healthy(url) or (proc.poll() is not None and pytest.fail("the Prefect server exited")),
+                   180, "the Prefect server")
         return proc
-
-    def kill(proc: subprocess.Popen) -> None:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in procs:
-            p.kill()
-        psutil.wait_procs(procs, timeout=10)
 
     items = "".join(f'\n  - topic: "Topic {i}: street life in a small city, part {i}"' for i in range(1, 7))
     batch = tmp_path / "b.yaml"
@@ -241,7 +222,7 @@ def test_the_prefect_server_dying_mid_batch_ends_in_one_line_soon_and_loses_noth
         deadline = time.monotonic() + 300
         while not written() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        kill(server)
+        kill_tree(server.pid)
         killed = time.monotonic()
         out, _ = run.communicate(timeout=400)
         after = time.monotonic() - killed
@@ -260,5 +241,5 @@ def test_the_prefect_server_dying_mid_batch_ends_in_one_line_soon_and_loses_noth
         assert len(shown) == 6 + 2, shown  # six articles, index.md and index.html: nothing twice, nothing half-written
     finally:
         if server.poll() is None:
-            kill(server)
+            kill_tree(server.pid)
     print(f"server killed after the first article: the batch wrote all 6 and ended {after:.0f} s later: {last}")

@@ -17,15 +17,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, healthy, kill_tree, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,55 +43,13 @@ def _pg_bin() -> Path | None:
     return Path(dirs[-1]) if dirs else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(interval)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _kill_tree(pid: int) -> list[int]:
-    """SIGKILL a process and every process under it (a machine that dies takes its flow runs with it)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return []
-    procs = [root, *root.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-    return [p.pid for p in procs]
-
-
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
-            _kill_tree(proc.pid)
+            kill_tree(proc.pid)
             proc.wait()
 
 
@@ -142,17 +100,17 @@ class Cluster:
         workers = [n for n, p in self.procs.items() if n.startswith("w") and p.poll() is None]
         for name in workers:
             if name not in names:
-                _kill_tree(self.procs[name].pid)
+                kill_tree(self.procs[name].pid)
         started = [n for n in names if n not in workers]
         for name in started:
             self.worker(name)
-        _wait(lambda: all("started" in self.log(n).lower() for n in started), 120, f"workers {started}")
+        wait_until(lambda: all("started" in self.log(n).lower() for n in started), 120, f"workers {started}")
 
     def start_server(self) -> subprocess.Popen:
         """The Prefect server on the cluster's PostgreSQL database and port (again, after it was killed)."""
         server = self.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                        self.api_url.split(":")[-1].split("/")[0]], self.server_env)
-        _wait(lambda: _healthy(self.api_url) or (server.poll() is not None and pytest.fail(self.log("server")[-3000:])),
+        wait_until(lambda: healthy(self.api_url) or (server.poll() is not None and pytest.fail(self.log("server")[-3000:])),
               180, "the Prefect server on PostgreSQL")
         return server
 
@@ -180,7 +138,7 @@ def cluster(tmp_path_factory):
     data.mkdir()
     if as_user:
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8"],
                    check=True, capture_output=True, timeout=120)
     subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60",
@@ -189,7 +147,7 @@ def cluster(tmp_path_factory):
     try:
         subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
                        check=True, capture_output=True, timeout=60)
-        api_port = _free_port()
+        api_port = free_port()
         c.api_url = f"http://127.0.0.1:{api_port}/api"
         c.server_env = c.env(PREFECT_HOME=str(tmp / "server-home"), PREFECT_UI_ENABLED="false",
                              PREFECT_SERVER_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
@@ -199,7 +157,7 @@ def cluster(tmp_path_factory):
         c.prefect("automation", "create", "--from-file", "prefect-automations.yaml")
         c.worker("w1")
         c.worker("w2")
-        _wait(lambda: "started" in c.log("w1").lower() and "started" in c.log("w2").lower(), 120, "two workers")
+        wait_until(lambda: "started" in c.log("w1").lower() and "started" in c.log("w2").lower(), 120, "two workers")
         yield c
     finally:
         for proc in reversed(list(c.procs.values())):
@@ -255,12 +213,12 @@ def test_two_workers_share_a_batch_and_a_killed_worker_loses_nothing(cluster, tm
         return [line[3] for line in c.fake_log(worker) if line[2] == "outline"]
 
     # w1 finished one run (two articles) and has made the outlines of its second: kill it now
-    _wait(lambda: len(set(outlined("w1"))) >= 3 or proc.poll() is not None, 300, "w1's second run", interval=0.3)
+    wait_until(lambda: len(set(outlined("w1"))) >= 3 or proc.poll() is not None, 300, "w1's second run", interval=0.3)
     victims = sorted(set(outlined("w1")) - set(_written_by_w1_before(c)))
-    killed = _kill_tree(c.procs["w1"].pid)
+    killed = kill_tree(c.procs["w1"].pid)
     killed_at = time.time()
     assert len(killed) >= 2, killed  # the worker and the flow run it was running
-    _wait(lambda: proc.poll() is not None, 420, "the batch to finish without w1", interval=1)
+    wait_until(lambda: proc.poll() is not None, 420, "the batch to finish without w1", interval=1)
     seconds = time.monotonic() - started
     assert proc.returncode == 0, c.log("batch")[-4000:] + c.log("w2")[-3000:]
     folder = tmp_path / "out" / "shared"
@@ -308,12 +266,12 @@ def test_a_cli_run_killed_with_sigkill_is_marked_crashed(cluster, tmp_path):
 
     with temporary_settings(updates={PREFECT_API_URL: c.api_url}):
         with get_client(sync_client=True) as client:
-            _wait(lambda: any(r.state and r.state.is_running() for r in runs(client))
+            wait_until(lambda: any(r.state and r.state.is_running() for r in runs(client))
                   or (proc.poll() is not None and pytest.fail(c.log("cli-write")[-3000:])), 180, "the write run to start")
             time.sleep(3)  # its first heartbeat, sent as the flow's body starts, reaches the server
-            assert _kill_tree(proc.pid), "the aigc write process was not running"
+            assert kill_tree(proc.pid), "the aigc write process was not running"
             killed_at = time.time()
-            _wait(lambda: all(r.state and r.state.is_crashed() for r in runs(client)), 180,
+            wait_until(lambda: all(r.state and r.state.is_crashed() for r in runs(client)), 180,
                   "the killed run to be marked Crashed", interval=2)
             [run] = runs(client)
     detected = run.state.timestamp.timestamp() - killed_at
@@ -336,12 +294,12 @@ def test_a_worker_on_another_outputs_path_fails_its_items_with_one_line(cluster,
     c.worker("w-other", wrap=["unshare", "--mount", "--propagation", "private", "sh", "-c",
                               f'mount -t tmpfs aigc-other "{outputs}" && exec "$0" "$@"'])
     try:
-        _wait(lambda: "started" in c.log("w-other").lower() or c.procs["w-other"].poll() is not None, 120,
+        wait_until(lambda: "started" in c.log("w-other").lower() or c.procs["w-other"].poll() is not None, 120,
               "the worker on the other path")
         assert c.procs["w-other"].poll() is None, c.log("w-other")[-3000:]
         proc = _aigc_batch(c, _batch_file(tmp_path, "elsewhere", 2, delay=0.2), outputs, "elsewhere",
                            "--items-per-run", "2")
-        _wait(lambda: proc.poll() is not None, 300, "the batch on the other path")
+        wait_until(lambda: proc.poll() is not None, 300, "the batch on the other path")
     finally:
         c.only_workers("w2")
     log = c.log("elsewhere")
@@ -367,11 +325,11 @@ def test_the_server_going_away_under_a_distributed_batch_loses_nothing(cluster, 
                               str(outputs), "--items-per-run", "1"], env)
     folder = outputs / "vanish"
     written = lambda: sorted(p.name for p in folder.iterdir() if (p / "article.md").is_file()) if folder.is_dir() else []
-    _wait(lambda: written() or proc.poll() is not None, 300, "the first article", interval=0.3)
-    _kill_tree(c.procs["server"].pid)
+    wait_until(lambda: written() or proc.poll() is not None, 300, "the first article", interval=0.3)
+    kill_tree(c.procs["server"].pid)
     killed_at = time.monotonic()
     try:
-        _wait(lambda: proc.poll() is not None, patience + 240, "the batch to give up", interval=1)
+        wait_until(lambda: proc.poll() is not None, patience + 240, "the batch to give up", interval=1)
         gave_up = time.monotonic() - killed_at
         log = c.log("vanish")
         assert proc.returncode == 1, log[-3000:]
@@ -384,7 +342,7 @@ def test_the_server_going_away_under_a_distributed_batch_loses_nothing(cluster, 
     c.only_workers("w2")
     again = c.start("vanish-again", [sys.executable, "-c", start, "batch", str(path), "--distribute", "--outputs",
                                      str(outputs), "--items-per-run", "1"], env)
-    _wait(lambda: again.poll() is not None, 420, "the batch run again")
+    wait_until(lambda: again.poll() is not None, 420, "the batch run again")
     assert again.returncode == 0, c.log("vanish-again")[-3000:]
     _check_written_once(folder, 6, rerun=True)
     print(f"server killed with {len(kept)} of 6 articles written; the batch gave up {gave_up:.0f} s later "
