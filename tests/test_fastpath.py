@@ -132,6 +132,18 @@ def test_sampler_with_the_repetition_penalty_draws_what_transformers_penalty_the
     assert torch.equal(fastpath.penalize_repeats(past, scores.clone(), 1.3), out)
 
 
+def test_sampler_can_leave_the_prompt_out_of_the_repetition_penalty():
+    """``penalty_from``: only the reply's tokens are penalised, so a token of the prompt stays as likely as it was."""
+    prompt_token, reply_token, other = 5, 6, 7
+    ids = torch.tensor([[prompt_token, prompt_token, reply_token]])  # a prompt of width 2, one token of reply
+    scores = torch.zeros(1, 10)
+    scores[0, [prompt_token, reply_token, other]] = torch.tensor([3.0, 3.0, 2.9])
+    pick = lambda **kw: int(fastpath.top_k_top_p_sampler(1.0, 1, 1.0, repetition_penalty=2.0, **kw)(  # noqa: E731
+        ids, scores.clone()).argmax(-1))
+    assert pick() == other  # the prompt's token and the reply's both penalised: the third wins
+    assert pick(penalty_from=2) == prompt_token  # the prompt's token is not
+
+
 def _save_tiny(folder, arch: str = "llama", positions: int = 64, fp16_exact: bool = False):
     """A tiny random model and a word-level tokenizer (w0 ... w299), saved as a user would.
 
@@ -228,6 +240,38 @@ def test_shared_prefill_layout_keeps_every_row_and_costs_less():
     assert len({len(r) for r in layout["input_ids"]}) == 1
     assert layout["prefix_ids"][0][-60:] == shared and layout["prefix_mask"][1] == [0] * 59 + [1]
     assert layout["tokens"] == 2 * 60 + 3 * 2 < layout["plain_tokens"] == 3 * 62
+
+
+def test_best_layout_shares_whole_prompts_of_candidates_rather_than_a_short_common_start():
+    start = list(range(10, 60))  # 50 tokens all rows begin with (a system turn)
+    x, y = list(range(100, 160)), list(range(200, 260))  # two sections' own 60 tokens
+    prompts = [start + x, start + x, start + y, start + y]  # two candidates of each
+    groups, lengths = fastpath.prefix_groups(prompts, min_shared=48)
+    assert groups == [0, 0, 0, 0] and lengths == [50]  # the first match: only the common start is shared
+    layout = fastpath.best_layout(prompts, pad_id=0)
+    assert layout["groups"] == [0, 0, 1, 1] and layout["tokens"] == 2 * 109 + 4 * 1  # vs 50 + 4 * 61
+    assert fastpath.best_layout([x, y, start], pad_id=0) is None  # nothing in common
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_duplicate_prompts_share_their_prefill_and_give_the_same_tokens(tmp_path, arch, caplog):
+    import logging
+
+    from aigc.backends.base import GenerationRequest
+
+    folder = _save_tiny(tmp_path / arch, arch, positions=128)
+    start = " ".join(f"w{i}" for i in range(10, 60))
+    x, y = " ".join(f"w{i}" for i in range(100, 160)), " ".join(f"w{i}" for i in range(200, 260))
+    requests = [GenerationRequest(prompt=f"{start} {rest}", max_new_tokens=8, temperature=0.7, seed=seed)
+                for rest in (x, y) for seed in (1, 2)]
+    runs = {}
+    for fast in (True, False):
+        backend = _backend(folder, {"share_prefix": fast, "reserve_cache": fast}, max_batch_size=4)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aigc.backends.local"):
+            runs[fast] = [(c.text, c.completion_tokens) for c in backend.generate(requests)]
+        assert ("prompt prefixes shared by 2 groups of 4 rows" in caplog.text) == fast
+    assert runs[True] == runs[False]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -37,6 +37,9 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    #: Whether a local model's repetition penalty also weighs the prompt's tokens (transformers' way); False:
+    #: only the reply's, so that the model may take names and numbers from passages in its prompt.
+    penalize_prompt: bool = True
     #: What the request is for ("outline", "section", "title", ...): for logs, progress and test fakes; never sent.
     purpose: str = ""
 

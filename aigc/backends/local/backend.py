@@ -212,7 +212,7 @@ class LocalBackend(Backend):
         """
         groups: dict[tuple, list[int]] = {}
         for i, (r, _) in enumerate(work):
-            groups.setdefault((r.temperature, r.top_p), []).append(i)
+            groups.setdefault((r.temperature, r.top_p, r.penalize_prompt), []).append(i)
         results: list[Completion | None] = [None] * len(work)
         size = self._batch_size or 1
         for members in groups.values():
@@ -269,17 +269,22 @@ class LocalBackend(Backend):
             temperature=1.0,  # neutral, so that a model's generation_config.json adds no warper of its own
             top_p=1.0,
             top_k=50,
-            # when sampling, the sampler applies the penalty itself, in place
-            repetition_penalty=1.0 if sampled else self.options.repetition_penalty,
+            # when sampling, the sampler applies the penalty itself, in place; without the prompt, a processor below
+            repetition_penalty=1.0 if sampled or not req.penalize_prompt else self.options.repetition_penalty,
             pad_token_id=pad_id,
             eos_token_id=sorted(eos_ids),
         )
         if self.options.no_repeat_ngram_size:
             settings["no_repeat_ngram_size"] = self.options.no_repeat_ngram_size
         processors = transformers.LogitsProcessorList()
+        penalty_from = 0 if req.penalize_prompt else width
         if sampled:
             processors.append(fastpath_module.top_k_top_p_sampler(req.temperature, self.options.top_k, req.top_p, generators,
-                                                  repetition_penalty=self.options.repetition_penalty))
+                                                  repetition_penalty=self.options.repetition_penalty,
+                                                  penalty_from=penalty_from))
+        elif penalty_from and self.options.repetition_penalty != 1.0:
+            processors.append(transformers.RepetitionPenaltyLogitsProcessor(self.options.repetition_penalty,
+                                                                             prompt_ignore_length=penalty_from))
         extra: dict[str, Any] = {"logits_processor": processors}
         if cache is not None:
             extra["cache"] = cache

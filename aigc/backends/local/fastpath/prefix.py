@@ -43,6 +43,23 @@ def prefix_groups(prompts: Sequence[Sequence[int]], min_shared: int) -> tuple[li
     return groups, lengths
 
 
+def duplicate_groups(prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """Group the rows whose prompts are the same (a section's candidates): each group's prefix is all of its
+    prompt but the last token. The other grouping :func:`prefill_shared` weighs against :func:`prefix_groups`,
+    whose first match can join rows on a short common start (the system turn) and so share none of a long
+    prompt that two candidates have in full."""
+    index: dict[tuple[int, ...], int] = {}
+    groups: list[int] = []
+    lengths: list[int] = []
+    for prompt in prompts:
+        key = tuple(prompt)
+        if key not in index:
+            index[key] = len(lengths)
+            lengths.append(max(len(prompt) - 1, 0))
+        groups.append(index[key])
+    return groups, lengths
+
+
 def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int], lengths: Sequence[int],
                           pad_id: int) -> dict[str, Any]:
     """Token layout of a batch whose rows share group prefixes, and what it costs against plain left padding.
@@ -73,6 +90,16 @@ def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int
         "tokens": len(lengths) * width + len(prompts) * rest_width,
         "plain_tokens": len(prompts) * max(len(p) for p in prompts),
     }
+
+
+def best_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any] | None:
+    """The cheaper of the two groupings' layouts (rows beginning alike, rows alike), or None when neither cuts
+    the prefill to :data:`SHARED_PAYS` of plain left padding."""
+    layouts = [shared_prefill_layout(prompts, groups, lengths, pad_id)
+               for groups, lengths in (prefix_groups(prompts, MIN_SHARED), duplicate_groups(prompts))
+               if len(lengths) < len(prompts)]
+    best = min(layouts, key=lambda c: c["tokens"], default=None)
+    return best if best is not None and best["tokens"] <= SHARED_PAYS * best["plain_tokens"] else None
 
 
 def forward_params(model: Any) -> set[str] | None:
@@ -107,12 +134,10 @@ def prefill_shared(model: Any, prompts: list[list[int]], pad_id: int, max_new: i
         return None, None
     layout = None
     if share_prefix and len(prompts) > 1:
-        groups, lengths = prefix_groups(prompts, MIN_SHARED)
-        candidate = shared_prefill_layout(prompts, groups, lengths, pad_id)
-        if len(lengths) < len(prompts) and candidate["tokens"] <= SHARED_PAYS * candidate["plain_tokens"]:
-            layout = candidate
+        layout = best_layout(prompts, pad_id)
+        if layout is not None:
             log.debug("prompt prefixes shared by %d groups of %d rows: prefill of %d token slots instead of %d",
-                      len(lengths), len(prompts), layout["tokens"], layout["plain_tokens"])
+                      len(layout["prefix_ids"]), len(prompts), layout["tokens"], layout["plain_tokens"])
     width = len(layout["input_ids"][0]) if layout else max(len(p) for p in prompts)
     if reserve_cache:
         cache = growing_cache(model, width + max_new)

@@ -6,13 +6,14 @@ from typing import Any, Sequence
 
 
 def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float, generators: Sequence[Any] | None = None,
-                        repetition_penalty: float = 1.0):
+                        repetition_penalty: float = 1.0, penalty_from: int = 0):
     """A logits processor that draws the next token itself: temperature, then top-k, then top-p among those k.
 
     ``generators``: one ``torch.Generator`` (or None: the global one) per row, so that each row's draws
     depend on its own seed only, not on the rows it shares the batch with. ``repetition_penalty``: Hugging
     Face's (CTRL's) penalty on every token already in the row, applied first, in place (see
-    :func:`penalize_repeats`); ``generate()`` must then run without its own.
+    :func:`penalize_repeats`); ``generate()`` must then run without its own. ``penalty_from``: the column
+    where the penalised tokens start (the prompt's width: only the reply's tokens; 0: the prompt's too).
 
     It returns scores that are ``-inf`` except at the drawn token, so ``generate()`` must run with
     ``do_sample=False`` (its argmax then picks that token). Float32 ``scores`` are overwritten with them
@@ -30,7 +31,7 @@ def top_k_top_p_sampler(temperature: float, top_k: int, top_p: float, generators
     class TopKTopPSampler(LogitsProcessor):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             if repetition_penalty != 1.0:
-                scores = penalize_repeats(input_ids, scores, repetition_penalty)
+                scores = penalize_repeats(input_ids[:, penalty_from:], scores, repetition_penalty)
             k = scores.shape[-1] if top_k <= 0 else min(top_k, scores.shape[-1])
             values, indices = torch.topk(scores.float(), k, dim=-1)  # sorted, largest first
             probs = torch.softmax(values / temperature, dim=-1)
