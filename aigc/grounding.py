@@ -18,11 +18,16 @@ from aigc.spec import ArticleSpec
 
 #: The outline prompt: the topic's best passages (their headings listed) and the first few of them, shortened.
 OUTLINE_HITS = 12
-OUTLINE_PASSAGES = 6
-OUTLINE_PASSAGE_WORDS = 60
+OUTLINE_PASSAGES = 3
+OUTLINE_PASSAGE_WORDS = 40
 #: A section's prompt: the best passages for "topic + section title", numbered, each cut to this many words.
-SECTION_PASSAGES = 5
-SECTION_PASSAGE_WORDS = 120
+#: Chosen by benchmarks/grounded.py (3 FreshWiki topics, embedded model, 1 thread): 5 x 120 words made a
+#: grounded report take 8-16x the time of a plain one; 4 x 80 raised the recall of the source's names and
+#: numbers 3.2x at 1.76x the time; 3 x 70 2.8x at 1.27-1.50x (docs/sources.md).
+SECTION_PASSAGES = 3
+SECTION_PASSAGE_WORDS = 70
+#: Each section's passages are spread over the article: taken from its best SPREAD_DEPTH x SECTION_PASSAGES hits.
+SPREAD_DEPTH = 3
 #: A section candidate's score (0-100, aigc.quality) gains up to CITED_POINTS points for the share of its
 #: sentences that keep a supported citation, and loses up to REMOVED_POINTS for the share of its markers that
 #: had to be removed: with sources, text that cites its passages correctly wins over text that does not.
@@ -74,7 +79,11 @@ def index_sources(specs: Sequence[ArticleSpec], progress: Callable[[str, int, in
 
 
 def _search(indexes: Sequence[Any], queries: Sequence[Sequence[str]], k: int) -> list[list[list[Passage]] | None]:
-    """For each article with an index, the passages for each of its queries: one batched search per index."""
+    """For each article with an index, the best ``k`` passages for each of its queries: one batched search per
+    index. Lists of references and links (:func:`aigc.citations.is_reference_list`) are passed over: they
+    state no facts, and a list of web addresses costs a prompt many tokens."""
+    from aigc.citations import is_reference_list
+
     results: list[list[list[Passage]] | None] = [None] * len(indexes)
     by_index: dict[int, list[int]] = {}
     for a, index in enumerate(indexes):
@@ -83,7 +92,7 @@ def _search(indexes: Sequence[Any], queries: Sequence[Sequence[str]], k: int) ->
     for members in by_index.values():
         index = indexes[members[0]]
         flat = [q for a in members for q in queries[a]]
-        found = index.search_many(flat, k=k)
+        found = [[p for p in hits if not is_reference_list(p)][:k] for hits in index.search_many(flat, k=2 * k)]
         for a in members:
             results[a], found = found[:len(queries[a])], found[len(queries[a]):]
     return results
@@ -113,6 +122,46 @@ def _passage_record(p: Passage, number: int) -> dict[str, Any]:
     return {"number": number, **data, "words": len(p.text.split())}
 
 
+def spread(ranked: Sequence[Sequence[Passage]], k: int) -> list[list[Passage]]:
+    """``k`` passages per section from each section's ranked hits, spread so that sections tell different facts.
+
+    In rounds, each section in turn takes its best passage that no section has yet; a section whose hits run
+    out of such passages fills up with its best ones already taken (in their rank order). With the same
+    corpus the topic alone ranks the same few passages first for every section, and the sections of a small
+    model then retell one passage each.
+    """
+    taken: set[str] = set()
+    chosen: list[list[Passage]] = [[] for _ in ranked]
+    for _ in range(k):
+        for i, hits in enumerate(ranked):
+            if len(chosen[i]) >= k:
+                continue
+            best = next((p for p in hits if (p.hash or p.text) not in taken), None)
+            if best is not None:
+                chosen[i].append(best)
+                taken.add(best.hash or best.text)
+    for i, hits in enumerate(ranked):
+        have = {p.hash or p.text for p in chosen[i]}
+        for p in hits:
+            if len(chosen[i]) >= k:
+                break
+            if (p.hash or p.text) not in have:
+                chosen[i].append(p)
+                have.add(p.hash or p.text)
+        order = {id(p): r for r, p in enumerate(hits)}
+        chosen[i].sort(key=lambda p: order.get(id(p), len(order)))  # best first, as the search ranked them
+    return chosen
+
+
+def wants_citations(spec: ArticleSpec, titles: Sequence[str], store: Any, extra: dict[str, Any]) -> bool:
+    """Whether the style's section template asks for [n] markers: its block ``citation`` is not empty
+    (``extra``: the first section's template variables with its passages)."""
+    from aigc.sections import section_context
+
+    name = store.template_name(spec.style, "section", spec.lang)
+    return bool(store.render_blocks(name, section_context(spec, titles, 0) | extra, ["citation"])["citation"])
+
+
 @dataclass
 class SectionSources:
     """The passages of every section of articles written together, and what checks their citations.
@@ -124,14 +173,25 @@ class SectionSources:
     titles: Sequence[Sequence[str]]
     indexes: list[Any]
     passages: list[list[list[Passage]] | None]
+    #: Per article: whether aigc adds markers to the sentences the model left uncited (its style asks for citations).
+    attribute: list[bool] = field(default_factory=list)
     _checked: dict[tuple[int, int, str], tuple[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def find(cls, specs: Sequence[ArticleSpec], titles: Sequence[Sequence[str]]) -> "SectionSources":
-        """Retrieve each section's passages (query: topic + section title), one batched search per index."""
+    def find(cls, specs: Sequence[ArticleSpec], titles: Sequence[Sequence[str]], store: Any = None
+             ) -> "SectionSources":
+        """Retrieve each section's passages (query: topic + section title), one batched search per index.
+
+        ``store`` (a TemplateStore): with it, articles whose style asks for citations get markers added
+        where the model left a supported sentence uncited (:func:`aigc.citations.check_citations`)."""
         indexes = _indexes(specs)
         queries = [[f"{spec.topic} {t}" for t in ts] for spec, ts in zip(specs, titles)]
-        return cls(specs, titles, indexes, _search(indexes, queries, SECTION_PASSAGES))
+        hits = _search(indexes, queries, SPREAD_DEPTH * SECTION_PASSAGES)
+        found = cls(specs, titles, indexes, [None if h is None else spread(h, SECTION_PASSAGES) for h in hits])
+        if store is not None:
+            found.attribute = [bool(extra) and wants_citations(spec, ts, store, extra[0])
+                               for spec, ts, extra in zip(specs, titles, found.extra())]
+        return found
 
     @property
     def any(self) -> bool:
@@ -157,7 +217,8 @@ class SectionSources:
         if key not in self._checked:
             ps = self.passages[a][i]
             self._checked[key] = check_citations(body, ps, known=f"{self.specs[a].topic} {self.titles[a][i]}",
-                                                 passage_vectors=self.indexes[a].vectors_for(ps))
+                                                 passage_vectors=self.indexes[a].vectors_for(ps),
+                                                 attribute=a < len(self.attribute) and self.attribute[a])
         return self._checked[key]
 
     def rescore(self, a: int, i: int, bodies: Sequence[str]) -> list[float] | None:
@@ -225,9 +286,8 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The article's citation report from its sections' (``CitationReport.to_dict()``) reports."""
     from aigc.citations import CitationReport
 
-    merged = CitationReport.merge([CitationReport(**{k: r[k] for k in ("sentences", "cited_sentences", "markers",
-                                                                       "supported", "removed", "unsupported_claims")})
-                                   for r in reports])
+    keys = ("sentences", "cited_sentences", "markers", "supported", "attributed", "removed", "unsupported_claims")
+    merged = CitationReport.merge([CitationReport(**{k: r[k] for k in keys if k in r}) for r in reports])
     data = merged.to_dict()
     data.pop("used", None)
     return data
@@ -293,7 +353,8 @@ def evaluation_fields(record: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {"citation_support_rate": report.get("support_rate"), "cited_share": report.get("cited_share"),
             "unsupported_claims": len(report.get("unsupported_claims", ())),
-            "citation_markers_removed": report.get("markers_removed")}
+            "citation_markers_removed": report.get("markers_removed"),
+            "citations_attributed": report.get("attributed", 0)}
 
 
 def strip_markers(text: str) -> str:

@@ -50,6 +50,7 @@ def outline_requests(spec: ArticleSpec, store: TemplateStore, *, count: int, tit
             # stop before an item past the ones asked for
             stop=(f"\n{spec.sections + 1}.",),
             purpose="outline",
+            penalize_prompt=not (extra and extra.get("source_headings")),  # sources: their headings may be taken
         )
         for c in range(count)
     ]
@@ -66,9 +67,14 @@ def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list
             split(blocks["fallback_sections"]))
 
 
-def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str], list[str]]) -> dict[str, Any]:
+def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str], list[str]],
+            source_headings: Sequence[str] = ()) -> dict[str, Any]:
+    """Pool the candidates' titles and select; with sources, their headings join the pool as one more candidate
+    (the material's own sections compete with the model's titles, and win where the model proposes them too)."""
     from aigc import outline_pool as op
 
+    if source_headings:
+        texts = [*texts, "\n".join(f"{n}. {t}" for n, t in enumerate(source_headings, 1))]
     pool = op.merge_similar(op.pool_titles(texts, spec.topic))
     titles, scores = op.select_titles(pool, spec.sections, spec.topic, first_cues=cues[0] or None,
                                       last_cues=cues[1] or None, n_candidates=len(texts))
@@ -88,6 +94,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     ``extra[i]``: more template variables for article i's prompts (its sources), or None.
     """
     cues = [order_cues(spec, store) for spec in specs]
+    headings = [list((e or {}).get("source_headings") or ()) for e in (extra or [None] * len(specs))]
     texts: list[list[str]] = [[] for _ in specs]
     usage = [{"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0} for _ in specs]
     chosen: list[dict[str, Any]] = [{"titles": []} for _ in specs]
@@ -114,7 +121,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
             for key in usage[i]:
                 usage[i][key] += getattr(completion, key)
         for i in pending:
-            chosen[i] = _choose(specs[i], texts[i], cues[i])
+            chosen[i] = _choose(specs[i], texts[i], cues[i], headings[i])
         pending = [i for i in pending if len(chosen[i]["titles"]) < specs[i].sections]
     for i in list(pending):  # the last resort: the style's fallback titles join the pool, the best fitting fill the gaps
         fallback = cues[i][2]
@@ -122,7 +129,8 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
             continue
         log.warning("%s: %d of %d outline titles usable after %d rounds; filling the rest from the style's "
                     "fallback titles", specs[i].topic, len(chosen[i]["titles"]), specs[i].sections, rounds[i])
-        filled = _choose(specs[i], [*texts[i], "\n".join(f"{n}. {t}" for n, t in enumerate(fallback, 1))], cues[i])
+        filled = _choose(specs[i], [*texts[i], "\n".join(f"{n}. {t}" for n, t in enumerate(fallback, 1))], cues[i],
+                         headings[i])
         if len(filled["titles"]) >= specs[i].sections:
             chosen[i] = {**filled, "fallback_titles": [t for t in filled["titles"] if t in fallback]}
             pending.remove(i)

@@ -66,7 +66,7 @@ _CHATTER = re.compile(
     r"|note|please|thank|as an ai|great|absolutely)\b", re.I)
 _META = re.compile(
     r"\boutlines?\b|\bsection (?:titles?|headings?)\b|\b(?:this|the|an|our|your|my) (?:article|essay|blog post|post|piece)\b"
-    r"|\bword count\b|\bnumbered list\b|\b\d+\s+(?:sections|titles|headings)\b"
+    r"|\bword count\b|\bnumbered list\b|\b\d+\s+(?:sections|titles|headings)\b|\bsource documents?\b"
     r"|^(?:write|create|generate|give|list|provide|make|draft)\b", re.I)
 _SENTENCE = re.compile(r"\b(?:is|are|was|were|will|would|can|could|should|has|have|had|you|we|i|they|it's|let's)\b", re.I)
 
@@ -171,6 +171,8 @@ def unusable_reason(title: str) -> str | None:
         return "chatter"
     if _META.search(title):
         return "about the outline or the writing, not the subject"
+    if title.count("(") > title.count(")") or title.count("[") > title.count("]"):
+        return "cut off (a bracket left open)"
     return None
 
 

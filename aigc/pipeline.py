@@ -164,7 +164,7 @@ def make_sections(specs: Sequence[ArticleSpec], outlines: Sequence[dict[str, Any
     if any(specs[i].sources for i in ready):  # each section's passages, retrieved in one batch per corpus
         from aigc.grounding import SectionSources
 
-        found = SectionSources.find([specs[i] for i in ready], titles)
+        found = SectionSources.find([specs[i] for i in ready], titles, store)
     expanded = expand_sections(backend, [specs[i] for i in ready], titles, store,
                                extra=found.extra() if found else None, rescore=found.rescore if found else None)
     if found:  # citations checked: unsupported markers removed, the passages each section had listed

@@ -119,6 +119,12 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\bas\s+(?:a|the)\s+reader\b|\b(?:this|the\s+(?:above|following))\s+(?:prompt|instructions?)\b"
         r"|\bthe\s+(?:above|following)\s+task\b",
         re.I)),
+    # with sources: "The source documents cover...", "The notes above say", "note [1] is the first one"
+    ("about_the_sources", re.compile(
+        r"\bsource\s+(?:documents?|passages?|notes|texts?|materials?)\b"
+        r"|\b(?:the|these|those)\s+(?:notes|passages)\s+(?:above|below|provided|given|say|says|mention|cover|describe"
+        r"|state|show|list|contain)\b|(?:^\s*|\bthe\s+)(?:note|notes|passage|passages)\s+\[\d+\]",
+        re.I)),
 ]
 
 #: A sentence end: . ! ? (and closing quotes) before a space, or glued to a capitalised word ("others.No group").

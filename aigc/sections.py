@@ -52,6 +52,8 @@ def section_requests(
                 top_p=spec.top_p,
                 seed=spec.seed + seed_offset,
                 purpose="section",
+                # with passages, names and numbers are to be taken from the prompt, not steered away from
+                penalize_prompt=not (extra and extra[i].get("passages")),
             )
         )
     return requests

@@ -138,7 +138,7 @@ def measure_retrieval(index: Any, data: Path, ks: tuple[int, ...] = (1, 5, 8), l
 
 
 def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int, root: Path, words: int = 800,
-                   topic_names: list[str] | None = None) -> dict[str, Any]:
+                   topic_names: list[str] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Reports with and without sources (all 49 articles, the topic's own included), through ``write_article``.
 
     Per topic and variant: wall seconds (the model and embeddings warmed up first), the record's step
@@ -153,7 +153,8 @@ def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int, root
     aigc.index.index_root = lambda: root  # the index measured above; the user's cache untouched
     outputs = Path(os.environ["AIGC_OUTPUTS_DIR"])
     chosen = [t for t in topics(data) if not topic_names or t["topic"] in topic_names][:limit]
-    warm = ArticleSpec(topic="Warm-up", style="report", sections=1, words=50, outline=("Warm-up",))
+    options = {"backend_options": {"threads": threads}} if threads else {}
+    warm = ArticleSpec(topic="Warm-up", style="report", sections=1, words=50, outline=("Warm-up",), **options)
     write_article(warm, overwrite=True)  # loads the model (not timed)
     from aigc.embeddings import embed
 
@@ -164,7 +165,7 @@ def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int, root
         reference = article_body(data / t["file"])
         row: dict[str, Any] = {"topic": t["topic"]}
         for label, extra in (("plain", {}), ("grounded", {"sources": [str(corpus_dir)]})):
-            spec = ArticleSpec(topic=t["topic"], style="report", sections=sections, words=words, **extra)
+            spec = ArticleSpec(topic=t["topic"], style="report", sections=sections, words=words, **extra, **options)
             start = time.perf_counter()
             result = write_article(spec, overwrite=True, root=outputs / label)
             seconds = time.perf_counter() - start
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-only", action="store_true",
                         help="only the articles (the index measurements skipped; with --cache, a warm index)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the embeddings (default: as set; on a shared, busy machine 1 is "
-                             "much faster than 2)")
+                        help="torch threads for the embeddings and the local model (default: as set; on a shared, "
+                             "busy machine 1 is much faster than 2)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results["retrieval"], indent=1), flush=True)
         if args.write or args.write_only:
             results["articles"] = write_articles(args.data, corpus_dir, args.limit, args.sections, root,
-                                                 words=args.words, topic_names=args.topic)
+                                                 words=args.words, topic_names=args.topic, threads=args.threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_average_after"] = os.getloadavg()

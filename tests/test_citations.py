@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from aigc import embeddings
-from aigc.citations import (CitationReport, check_citations, entities, entity_recall, link_markers, marker_numbers,
-                            number_passages, references, renumber, sentence_spans)
+from aigc.citations import (CitationReport, check_citations, entities, entity_recall, is_reference_list, link_markers,
+                            marker_numbers, number_passages, prompt_text, references, renumber, sentence_spans)
 from aigc.sources import Passage, text_hash
 
 
@@ -30,6 +30,22 @@ def test_number_passages_gives_numbered_blocks_with_title_and_heading():
     block = number_passages([BOMBING, ARREST], max_words=5)
     assert block.split("\n\n") == ["[1] 2022 Istanbul bombing > Attack: A bomb exploded on Istiklal ...",
                                    "[2] Police arrested Ahlam Albashir, a ..."]
+
+
+def test_prompt_text_drops_the_sources_own_marks_and_addresses_and_cuts_at_a_sentence():
+    text = ("The FSB blamed Ukraine [50] [51]. It named a suspect.[citation needed] See https://example.org/a?b=1 "
+            "for the footage [update]. A fourth sentence follows here.")
+    assert prompt_text(text) == ("The FSB blamed Ukraine. It named a suspect. See for the footage. "
+                                 "A fourth sentence follows here.")
+    assert prompt_text(text, max_words=9) == "The FSB blamed Ukraine. It named a suspect. ..."
+    assert prompt_text("One very long sentence without any end at all", max_words=3) == "One very long ..."
+
+
+def test_reference_lists_are_recognised_by_heading_or_by_their_addresses():
+    links = " ".join(f"[{n}] https://news.example.org/story-{n}" for n in range(1, 9))
+    assert is_reference_list(passage(links, heading="Darya Dugina > Killing"))
+    assert is_reference_list(passage("Smith, J. (2020). A book.", heading="Darya Dugina > References"))
+    assert not is_reference_list(BOMBING) and not is_reference_list(ARREST)
 
 
 def test_entities_are_capitalised_runs_and_numbers():
@@ -108,6 +124,18 @@ def test_a_wrong_number_or_an_unknown_name_is_flagged(bag_embed):
     assert flagged == {"A bomb e": ["9"], "Mayor Ek": ["mayor ekrem imamoglu"]}
     _, known = check_citations("Mayor Ekrem Imamoglu visited.", [BOMBING], known="Ekrem Imamoglu Mayor")
     assert known.unsupported_claims == []
+
+
+def test_attribution_cites_an_uncited_sentence_its_passage_clearly_supports(bag_embed):
+    text = ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day. "
+            "Police arrested a man in Paris in 1999. Bread is nice.")
+    cleaned, report = check_citations(text, [BOMBING, ARREST], attribute=True)
+    assert cleaned == ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day [2]. "
+                       "Police arrested a man in Paris in 1999. Bread is nice.")
+    assert (report.attributed, report.markers, report.cited_sentences, report.used) == (1, 0, 1, [2])
+    assert report.to_dict()["support_rate"] is None  # the model's own markers only
+    unchanged, off = check_citations(text, [BOMBING, ARREST])
+    assert unchanged == text and off.attributed == 0 and off.cited_sentences == 0
 
 
 @pytest.mark.slow

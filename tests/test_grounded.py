@@ -13,6 +13,7 @@ from aigc.backends import register_backend, unregister_backend
 from aigc.backends.base import GenerationRequest
 from aigc.cli import main
 from aigc.pipeline import write_article
+from aigc.sources import Passage
 from aigc.spec import ArticleSpec
 from tests.conftest import FakeBackend
 
@@ -120,7 +121,7 @@ def test_outline_prompt_sees_the_documents(fake_backend, corpus, tmp_path):
     write_article(grounded_spec(corpus, outline=None), backend=fake_backend, root=tmp_path / "out")
     outline = next(r for r in fake_backend.requests if r.purpose == "outline")
     text = prompt_text(outline)
-    assert "highest tides in the world" in text and "Sourdough" not in text.split("headings:")[0][-300:]
+    assert re.search(r"^\[1\] The Bay of Fundy in Canada has the highest tides in the world", text, flags=re.M)
     headings = re.search(r"headings: (.*)\.", text).group(1).split("; ")
     assert {"Tidal range", "Causes"} <= set(headings)  # the documents' own section headings
 
@@ -151,11 +152,63 @@ def test_candidates_prefer_supported_citations(corpus, tmp_path):
     assert "deepest lake" not in (result.folder / "article.md").read_text()
 
 
+class UncitingFake(FakeBackend):
+    """The fake model, except that a section states the Fundy passage's facts and another fact, citing nothing."""
+
+    def generate(self, requests):
+        out = super().generate(requests)
+        for request, completion in zip(requests, out):
+            if request.purpose == "section":
+                completion.text = SUPPORTED.replace(" [{n}]", "") + " The Eiffel Tower in Paris opened in 1889."
+        return out
+
+
+def test_sentences_left_uncited_get_the_passage_that_supports_them(corpus, tmp_path, templates_copy):
+    backend = UncitingFake()
+    result = write_article(grounded_spec(corpus), backend=backend, root=tmp_path / "out")
+    sections = [r for r in backend.requests if r.purpose == "section"]
+    assert sections and not any(r.penalize_prompt for r in sections)  # names may be taken from the passages
+    md = (result.folder / "article.md").read_text()
+    assert md.count("up to 16 metres [1].") == 2 and "opened in 1889." in md  # only the supported one is cited
+    c = json.loads((result.folder / "article.json").read_text())["citations"]
+    assert (c["attributed"], c["markers"], c["support_rate"]) == (2, 0, None)
+    assert c["cited_share"] == pytest.approx(0.5)
+
+    # a style that asks for no citations gets none added
+    section = templates_copy / "report" / "section.j2"
+    section.write_text(re.sub(r"(?s)\{% block citation %\}.*?\{% endblock %\}", "{% block citation %}{% endblock %}",
+                              section.read_text()))
+    backend = UncitingFake()
+    result = write_article(grounded_spec(corpus, style="report"), backend=backend, root=tmp_path / "plain")
+    assert "[1]" not in (result.folder / "article.md").read_text().split("## References")[0]
+    assert json.loads((result.folder / "article.json").read_text())["citations"]["attributed"] == 0
+
+
+def test_sections_get_different_passages_where_their_hits_allow():
+    from aigc.grounding import spread
+
+    p = {n: Passage(text=f"passage {n}", document="d.md", location=str(n), hash=f"h{n}") for n in range(1, 8)}
+    ranked = [[p[1], p[2], p[3], p[4]], [p[1], p[2], p[5], p[6]], [p[1], p[7]]]
+    chosen = [[x.location for x in c] for c in spread(ranked, 2)]
+    assert chosen == [["1", "3"], ["2", "5"], ["1", "7"]]  # the third has no unused second hit: it shares [1]
+
+
+def test_outline_titles_can_come_from_the_documents_headings(fake_backend, corpus, tmp_path):
+    fake_backend.enqueue(" Here is your outline\n2. Outline for the article")  # nothing usable from the model
+    fake_backend.enqueue(" Here is your outline\n2. Outline for the article")
+    result = write_article(grounded_spec(corpus, outline=None, outline_candidates=1), backend=fake_backend,
+                           root=tmp_path / "out")
+    record = json.loads((result.folder / "article.json").read_text())
+    assert set(record["outline"]["titles"]) == {"Tidal range", "Causes"}
+    outline = next(r for r in fake_backend.requests if r.purpose == "outline")
+    assert not outline.penalize_prompt
+
+
 def test_without_sources_prompts_have_no_passages(fake_backend, tmp_path):
     spec = ArticleSpec(topic="Tides", sections=2, words=120, backend="fake", outline_candidates=1,
                        outline=("Tidal range", "Causes"))
     result = write_article(spec, backend=fake_backend, root=tmp_path / "out")
-    assert all("Passages" not in prompt_text(r) and "square brackets" not in prompt_text(r)
+    assert all("Notes from" not in prompt_text(r) and "square brackets" not in prompt_text(r) and r.penalize_prompt
                for r in fake_backend.requests)
     record = json.loads((result.folder / "article.json").read_text())
     assert "citations" not in record and "citation_support_rate" not in record["evaluation"]

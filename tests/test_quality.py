@@ -38,6 +38,8 @@ MODEL_META = [
     ("It concludes the paragraph with what could be considered as the final part of this type of impactful piece.",
      "editor_talk"),
     ("As you read through these stories your mind starts to focus towards how important it actually is.", "reader_task"),
+    ("The source documents cover a significant aspect of the topic.", "about_the_sources"),
+    ("The note [1] is the first one on the list of notes.", "about_the_sources"),
     # an assistant's opening (issue 17, the everyday batch after candidates)
     ("I'd be happy to help you with your essay on this topic!", "chat_filler"),
     ("I'll take care of making sure everything is perfect, so please go ahead and share any information that may "
