@@ -54,7 +54,8 @@ def test_a_brief_alone_gets_a_title_from_the_model_and_a_folder_from_the_brief(f
                                    "account. Mention her patience.", words=100, style="email", backend="fake")
     assert spec.topic_from_brief and spec.sections == 1
     result = write_article(spec, backend=fake_backend, root=tmp_path)
-    assert [r.purpose for r in fake_backend.requests] == ["title", "section"]
+    purposes = [r.purpose for r in fake_backend.requests]  # the fake's short reply gets one continuation step
+    assert purposes[:2] == ["title", "section"] and set(purposes[2:]) <= {"section"} and len(purposes) <= 3
     assert result.record["title"] == "Thank You for Your Patience" and result.record["title_source"] == "model"
     assert result.folder.name == "a-100-word-thank-you-email-to-the-bank-teller-who-helped-me"
     md = result.files["article.md"].read_text()
@@ -106,7 +107,7 @@ def test_a_100_word_piece_has_no_contents_and_no_headings(fake_backend, tmp_path
     spec = ArticleSpec.build(topic="Why tides turn", words=100, backend="fake")
     result = write_article(spec, backend=fake_backend, root=tmp_path)
     md = result.files["article.md"].read_text()
-    assert [r.purpose for r in fake_backend.requests] == ["section"]  # no outline to plan for one section
+    assert {r.purpose for r in fake_backend.requests} == {"section"}  # no outline to plan for one section
     assert "## " not in md and "Contents" not in md
     assert result.record["evaluation"]["words"] == result.record["body_words"] > 0  # the body is still measured
     long = write_article(ArticleSpec.build(topic="Tides", words=3000, style="report", backend="fake"),

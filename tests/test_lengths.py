@@ -79,6 +79,16 @@ def test_sections_within_one_budget_take_one_call(fake_backend, tmp_path):
     assert len(fake_backend.calls) == 1 and all(s["steps"] == 1 for s in result.record["sections"])
 
 
+def test_a_one_section_piece_that_stops_short_gets_one_more_step(fake_backend, tmp_path):
+    replies = iter([numbered_prose(60), numbered_prose(100)])  # stops at 60 of 150 words, then goes on
+    answer_with(fake_backend, lambda r: next(replies))
+    spec = ArticleSpec.build(topic="Thanks", words=150, sections=1, outline=("Thank you",), backend="fake")
+    assert max_steps(spec) == 2
+    result = write_article(spec, backend=fake_backend, root=tmp_path)
+    assert len(fake_backend.calls) == 2 and result.record["sections"][0]["steps"] == 2
+    assert result.record["sections"][0]["words"] > 120
+
+
 def test_chinese_budgets_count_characters():
     zh = ArticleSpec.build(topic="城市热岛效应", words=1200, sections=3)
     en = ArticleSpec.build(topic="Urban heat islands", words=1200, sections=3)
