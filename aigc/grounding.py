@@ -130,24 +130,27 @@ def spread(ranked: Sequence[Sequence[Passage]], k: int) -> list[list[Passage]]:
     corpus the topic alone ranks the same few passages first for every section, and the sections of a small
     model then retell one passage each.
     """
+    def key(p: Passage) -> str:  # one passage however often it is found (as aigc.citations.renumber tells them)
+        return p.hash or p.text
+
     taken: set[str] = set()
     chosen: list[list[Passage]] = [[] for _ in ranked]
     for _ in range(k):
         for i, hits in enumerate(ranked):
             if len(chosen[i]) >= k:
                 continue
-            best = next((p for p in hits if (p.hash or p.text) not in taken), None)
+            best = next((p for p in hits if key(p) not in taken), None)
             if best is not None:
                 chosen[i].append(best)
-                taken.add(best.hash or best.text)
+                taken.add(key(best))
     for i, hits in enumerate(ranked):
-        have = {p.hash or p.text for p in chosen[i]}
+        have = {key(p) for p in chosen[i]}
         for p in hits:
             if len(chosen[i]) >= k:
                 break
-            if (p.hash or p.text) not in have:
+            if key(p) not in have:
                 chosen[i].append(p)
-                have.add(p.hash or p.text)
+                have.add(key(p))
         order = {id(p): r for r, p in enumerate(hits)}
         chosen[i].sort(key=lambda p: order.get(id(p), len(order)))  # best first, as the search ranked them
     return chosen
@@ -176,6 +179,7 @@ class SectionSources:
     #: Per article: whether aigc adds markers to the sentences the model left uncited (its style asks for citations).
     attribute: list[bool] = field(default_factory=list)
     _checked: dict[tuple[int, int, str], tuple[str, Any]] = field(default_factory=dict, repr=False)
+    _extra: list[list[dict[str, Any]] | None] | None = field(default=None, repr=False)
 
     @classmethod
     def find(cls, specs: Sequence[ArticleSpec], titles: Sequence[Sequence[str]], store: Any = None
@@ -202,12 +206,15 @@ class SectionSources:
         return self.indexes[a] if isinstance(self.indexes[a], AigcError) else None
 
     def extra(self) -> list[list[dict[str, Any]] | None]:
-        """Per article, per section: the section template's extra variables (``passages``, numbered from 1)."""
+        """Per article, per section: the section template's extra variables (``passages``, numbered from 1);
+        made once (:meth:`find` reads the first section's, the sections step all of them)."""
         from aigc.citations import passages_for_prompt
 
-        return [None if found is None else
-                [{"passages": passages_for_prompt(ps, max_words=SECTION_PASSAGE_WORDS)} for ps in found]
-                for found in self.passages]
+        if self._extra is None:
+            self._extra = [None if found is None else
+                           [{"passages": passages_for_prompt(ps, max_words=SECTION_PASSAGE_WORDS)} for ps in found]
+                           for found in self.passages]
+        return self._extra
 
     def check(self, a: int, i: int, body: str) -> tuple[str, Any]:
         """Section ``i`` of article ``a`` with its unsupported markers removed, and the CitationReport."""
