@@ -115,24 +115,27 @@ def expand_sections(
 TAIL_WORDS = 150
 #: A long section gets another step while it is shorter than this share of its target.
 CONTINUE_BELOW = 0.9
+#: A section within one budget, in a piece of several, gets its spare step only while under this share.
+SPARE_BELOW = 0.8
 #: Seeds of continuation step n are n times this far from the article's seed.
 STEP_SEED_OFFSET = 2000
 
 
 def max_steps(spec: ArticleSpec) -> int:
-    """Generations a section may take: its share of budgets plus one spare (a model that stops early), except
-    a section of an article with several that fits one budget: 1 (its shortfall is small beside the others,
-    and a round for it would be one more call for the whole batch). A one-section piece (an email, a
-    summary) keeps the spare: a small model stopped a 150-word summary at 68 words."""
-    steps = math.ceil(spec.section_words / STEP_WORDS)
-    if steps <= 1:
-        return 2 if spec.sections == 1 else 1
-    return steps + 1
+    """Generations a section may take: its share of budgets plus one spare (a model that stops early).
+
+    The spare step of a section within one budget in a piece of several is taken only when the section
+    stopped well short (:data:`SPARE_BELOW`, see :func:`_short`); a small model stopped a 150-word summary
+    at 68 words and the 200-word sections of a 400-word piece at 110."""
+    return math.ceil(spec.section_words / STEP_WORDS) + 1
 
 
 def _short(spec: ArticleSpec, words_so_far: int) -> bool:
-    """Whether a long section needs another step: under 90% of its target."""
-    return words_so_far < CONTINUE_BELOW * spec.section_words
+    """Whether a section needs another step: under 90% of its target, or, for a section within one budget
+    in a piece of several, under :data:`SPARE_BELOW` (a round for a small shortfall would be one more
+    batched call for the whole batch, and the piece's other sections make up for it)."""
+    one_budget = spec.sections > 1 and spec.section_words <= STEP_WORDS
+    return words_so_far < (SPARE_BELOW if one_budget else CONTINUE_BELOW) * spec.section_words
 
 
 def tail(text: str, n_words: int = TAIL_WORDS) -> str:

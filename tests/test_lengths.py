@@ -72,11 +72,24 @@ def test_a_model_that_repeats_itself_ends_the_section(fake_backend, tmp_path):
 
 
 def test_sections_within_one_budget_take_one_call(fake_backend, tmp_path):
-    answer_with(fake_backend, lambda r: numbered_prose(100))
+    answer_with(fake_backend, lambda r: numbered_prose(170))  # 170 of 200 words: short, but not well short
     spec = ArticleSpec.build(topic="Tides", words=800, outline=("A", "B", "C", "D"), backend="fake")
-    assert spec.section_words == 200 and max_steps(spec) == 1
+    assert spec.section_words == 200 and max_steps(spec) == 2
     result = write_article(spec, backend=fake_backend, root=tmp_path)
     assert len(fake_backend.calls) == 1 and all(s["steps"] == 1 for s in result.record["sections"])
+
+
+def test_only_the_sections_that_stopped_well_short_get_a_spare_step(fake_backend, tmp_path):
+    # the first call: sections B and D stop at 100 of 200 words; the continuation adds 90
+    answer_with(fake_backend, lambda r: numbered_prose(
+        90 if "The section so far ends with" in r.messages[-1].content
+        else 100 if any(f'"{t}"' in r.messages[-1].content for t in "BD")
+        else 190))
+    spec = ArticleSpec.build(topic="Tides", words=800, outline=("A", "B", "C", "D"), backend="fake")
+    result = write_article(spec, backend=fake_backend, root=tmp_path)
+    steps = [s["steps"] for s in result.record["sections"]]
+    assert len(fake_backend.calls) == 2 and len(fake_backend.calls[1]) == steps.count(2) >= 1
+    assert all(s["words"] >= 0.8 * 200 for s in result.record["sections"]), result.record["sections"]
 
 
 def test_a_one_section_piece_that_stops_short_gets_one_more_step(fake_backend, tmp_path):
