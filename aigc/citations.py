@@ -26,8 +26,10 @@ ATTRIBUTE_SIMILARITY = 0.50
 MAX_RANGE = 10
 MARKER = re.compile(r"\[(\d{1,4}(?:\s*[,;–-]\s*\d{1,4})*)\]")
 _MARKERS_AFTER = r"(?:\s?\[\d{1,4}(?:\s*[,;–-]\s*\d{1,4})*\])*"
-#: A sentence ends at . ! ? (closing quotes and markers go with it) before a space and a capital, digit or quote.
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)]*" + _MARKERS_AFTER + r"(?=\s+[\"“'(\[A-Z0-9]|\s*$)")
+#: A sentence ends at . ! ? (closing quotes and markers go with it) before a space and a capital, digit or quote,
+#: or at 。！？ (Chinese and Japanese), whatever follows.
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)]*" + _MARKERS_AFTER + r"(?=\s+[\"“'(\[A-Z0-9]|\s*$)"
+                           r"|[。！？]+[”’」』）)]*" + _MARKERS_AFTER)
 _HEADING_LINE = re.compile(r"^\s*(#{1,6}\s|[-*_]{3,}\s*$)")
 #: Capitalised words that start sentences and are not names.
 _COMMON = frozenset(
@@ -223,7 +225,19 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
             if body[start:].strip():
                 spans.append((offset + start, offset + len(body.rstrip())))
         offset += len(line)
-    return spans
+    return _markers_join_previous(text, spans)
+
+
+def _markers_join_previous(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans with those that hold only markers and punctuation ("Moscow. [2]." splits into "Moscow." and
+    "[2].", a marker on a line of its own) joined to the sentence before them, whose citation they are."""
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and not re.sub(r"[\W_]+", "", MARKER.sub("", text[a:b])):
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 @dataclass
@@ -364,6 +378,9 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
             used.update(keep)
         pieces.append(text[cursor:b])
         sentence = "".join(pieces)
+        # "Moscow. [2]." (markers between two full stops) -> "Moscow [2]."; with [2] removed -> "Moscow."
+        sentence = re.sub(r"([.!?])\s*((?:\[[\d,;\s–-]+\])*)\s*[.!?]\s*$",
+                          lambda m: (" " + m.group(2) if m.group(2) else "") + m.group(1), sentence)
         sentence = re.sub(r"[ \t]+(?=[.,;:!?])", "", sentence)  # "people [1]." -> "people ." -> "people."
         sentence = re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", sentence).rstrip()
         out.append(text[last:a])

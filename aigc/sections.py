@@ -106,7 +106,7 @@ def expand_sections(
             if results[a, i]["words"] < MIN_SECTION_WORDS:
                 log.warning("%s: section %d %r is still empty after a retry: the article has a gap there "
                             "(try another --seed, or a larger model)", specs[a].topic, i + 1, outlines[a][i])
-    continue_sections(backend, specs, outlines, store, results)
+    continue_sections(backend, specs, outlines, store, results, extra=extra)
     return [[results[a, i] for i in range(len(titles))] for a, titles in enumerate(outlines)]
 
 
@@ -148,15 +148,18 @@ def tail(text: str, n_words: int = TAIL_WORDS) -> str:
 
 
 def continuation_request(spec: ArticleSpec, titles: Sequence[str], i: int, body: str, step: int,
-                         store: TemplateStore) -> GenerationRequest:
-    """The request for step ``step`` (2, 3, ...) of section ``i``: its prompt plus the end of the text so far."""
+                         store: TemplateStore, extra: dict | None = None) -> GenerationRequest:
+    """The request for step ``step`` (2, 3, ...) of section ``i``: its prompt (with ``extra``, its passages)
+    plus the end of the text so far."""
     want = max(20, min(STEP_WORDS, spec.section_words - words(body)))
-    context = {**section_context(spec, titles, i), "continuation": tail(body), "continue_words": want}
+    context = {**section_context(spec, titles, i), **(extra or {}), "continuation": tail(body),
+               "continue_words": want}
     rendered = store.render_messages(store.template_name(spec.style, "section", spec.lang), context)
     per = TOKENS_PER_CHARACTER if spec.counts_characters else TOKENS_PER_WORD
     return GenerationRequest(messages=rendered.messages, max_new_tokens=int(want * per * (1 + LENGTH_SLACK)) + 16,
                              temperature=spec.temperature, top_p=spec.top_p,
-                             seed=spec.seed + STEP_SEED_OFFSET * step + i, purpose="section")
+                             seed=spec.seed + STEP_SEED_OFFSET * step + i, purpose="section",
+                             penalize_prompt=not (extra and extra.get("passages")))
 
 
 def _new_text(body: str, addition: str) -> str:
@@ -172,12 +175,14 @@ def _new_text(body: str, addition: str) -> str:
 
 
 def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: Sequence[Sequence[str]],
-                      store: TemplateStore, results: dict[tuple[int, int], dict]) -> None:
+                      store: TemplateStore, results: dict[tuple[int, int], dict], *,
+                      extra: Sequence[Sequence[dict] | None] | None = None) -> None:
     """Write sections longer than one generation budget in steps, each seeing the end of the text so far.
 
     Every round is one batched call for all sections of all articles still short of
     ``CONTINUE_BELOW`` of their target; a step that adds nothing new ends its section. ``results``
-    is updated in place (body, words, tokens, ``steps``).
+    is updated in place (body, words, tokens, ``steps``). ``extra``: as for :func:`expand_sections` (a
+    grounded section's steps see its passages too).
     """
     for result in results.values():
         result.setdefault("steps", 1)
@@ -187,8 +192,8 @@ def continue_sections(backend: Backend, specs: Sequence[ArticleSpec], outlines: 
                 and _short(specs[a], r["words"])]
         if not todo:
             return
-        requests = [continuation_request(specs[a], outlines[a], i, results[a, i]["body"], step, store)
-                    for a, i in todo]
+        requests = [continuation_request(specs[a], outlines[a], i, results[a, i]["body"], step, store,
+                                         extra[a][i] if extra and extra[a] else None) for a, i in todo]
         completions = generate_with_prefill(backend, requests)
         for (a, i), completion in zip(todo, completions):
             r, titles = results[a, i], outlines[a]

@@ -4,6 +4,7 @@
     python benchmarks/grounded.py --cache /tmp/gidx        # keep the index between runs (cold is then not cold)
     python benchmarks/grounded.py --write --limit 3        # + 8-section reports with and without sources
     python benchmarks/grounded.py --write-only --limit 2 --cache /tmp/gidx   # only the reports (index kept)
+    python benchmarks/grounded.py --write-only --limit 6 --passages 3 --passage-words 60   # another prompt size
 
 Corpus: all 49 FreshWiki dev articles (``../shared/data/freshwiki-dev/txt``). Retrieval: for every topic
 and each of its human ``#``/``##`` headings, the query is "topic heading"; a hit is a passage of the right
@@ -263,7 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the embeddings and the local model (default: as set; on a shared, "
                              "busy machine 1 is much faster than 2)")
+    parser.add_argument("--passages", type=int, default=None,
+                        help="passages in each section's prompt (default: aigc.grounding.SECTION_PASSAGES)")
+    parser.add_argument("--passage-words", type=int, default=None,
+                        help="words of each passage in a section's prompt (default: SECTION_PASSAGE_WORDS)")
     args = parser.parse_args(argv)
+    from aigc import grounding
+
+    grounding.SECTION_PASSAGES = args.passages or grounding.SECTION_PASSAGES
+    grounding.SECTION_PASSAGE_WORDS = args.passage_words or grounding.SECTION_PASSAGE_WORDS
     if args.threads:
         import torch
 
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.cache or work / "index"  # the measured index lives here, not in the user's cache
     corpus_dir = args.data / "txt"
     results: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "threads": args.threads,
+                               "section_passages": [grounding.SECTION_PASSAGES, grounding.SECTION_PASSAGE_WORDS],
                                "load_average": os.getloadavg()}
     try:
         if args.write_only:  # the index is built (or loaded from --cache) by the first grounded article

@@ -126,6 +126,21 @@ def test_a_wrong_number_or_an_unknown_name_is_flagged(bag_embed):
     assert known.unsupported_claims == []
 
 
+def test_a_marker_after_the_full_stop_belongs_to_the_sentence_before_it(bag_embed):
+    # "... people. [1]." and a marker on a line of its own: the small model writes both
+    zh = "潮汐由月球引力引起[1]。芬迪湾潮差最大。[2] 第三句！"
+    assert [zh[a:b] for a, b in sentence_spans(zh)] == ["潮汐由月球引力引起[1]。", "芬迪湾潮差最大。[2]", "第三句！"]
+    lines = "Born in Moscow. [2]. Then she moved.\n[4].\nNext."
+    assert [lines[a:b] for a, b in sentence_spans(lines)] == ["Born in Moscow. [2].", "Then she moved.\n[4].", "Next."]
+    text = ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people. [1]. "
+            "Sourdough bread rises with wild yeast kept in a starter. [1].")
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert cleaned == ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people [1]. "
+                       "Sourdough bread rises with wild yeast kept in a starter.")
+    assert (report.sentences, report.markers, report.supported) == (2, 2, 1)
+    assert report.removed[0]["sentence"].startswith("Sourdough")
+
+
 def test_attribution_cites_an_uncited_sentence_its_passage_clearly_supports(bag_embed):
     text = ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day. "
             "Police arrested a man in Paris in 1999. Bread is nice.")

@@ -86,7 +86,8 @@ def grounded_spec(notes, **kw) -> ArticleSpec:
 def test_sections_cite_their_passages_checked_and_listed(citing_backend, corpus, tmp_path):
     result = write_article(grounded_spec(corpus), backend=citing_backend, root=tmp_path / "out")
     sections = [r for r in citing_backend.requests if r.purpose == "section"]
-    assert len(sections) == 2
+    # two sections, each stopping short (30 of 60 words) and so taking a spare step that sees its passages too
+    assert len(sections) == 4 and sum("The section so far ends with" in prompt_text(r) for r in sections) == 2
     for request in sections:  # numbered passages, and the instruction to cite them
         text = prompt_text(request)
         assert re.search(r"^\[1\] .+", text, flags=re.M) and "Bay of Fundy" in text
@@ -114,6 +115,21 @@ def test_sections_cite_their_passages_checked_and_listed(citing_backend, corpus,
     ev = record["evaluation"]
     assert ev["citation_support_rate"] == c["support_rate"] and ev["unsupported_claims"] >= 2
     assert ev["sections"] == 2  # the References are no section of the prose
+
+
+@pytest.mark.parametrize("style, lang, asks", [("summary", "en", "square brackets"), ("email", "en", "square brackets"),
+                                               ("report", "zh", "方括号"), ("summary", "zh", "方括号")])
+def test_short_forms_and_chinese_templates_present_the_passages(citing_backend, corpus, tmp_path, style, lang, asks):
+    topic = "芬迪湾的潮汐" if lang == "zh" else "Tides of the Bay of Fundy"
+    one = style in ("summary", "email")
+    spec = grounded_spec(corpus, topic=topic, style=style, lang=lang, sections=1 if one else 2,
+                         outline=(topic,) if one else ("潮差", "成因"))
+    result = write_article(spec, backend=citing_backend, root=tmp_path / "out")
+    sections = [r for r in citing_backend.requests if r.purpose == "section"]
+    assert sections and all(re.search(r"^\[1\] [A-Z]\w+ ", prompt_text(r), flags=re.M) and asks in prompt_text(r)
+                            for r in sections)  # continuation steps too
+    record = json.loads((result.folder / "article.json").read_text())
+    assert record["citations"]["markers"] >= 1 and record["sections"][0]["passages"]
 
 
 def test_outline_prompt_sees_the_documents(fake_backend, corpus, tmp_path):
