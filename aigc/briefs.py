@@ -36,9 +36,18 @@ def clean_model_title(text: str, spec: ArticleSpec) -> str | None:
     limit = MAX_TITLE_CHARACTERS if spec.counts_characters else MAX_TITLE_WORDS
     if not title or not any(c.isalpha() for c in title) or words(title) > limit or len(title) > 100:
         return None
-    if re.match(r"(?i)^(?:sure|here|certainly|okay|i )", title):
+    if re.match(r"(?i)^(?:sure|here|certainly|okay|i )", title) or _META_TITLE.search(title) or "[" in title:
+        return None
+    # a title that shares no word with what was asked is the model's own story ("It would be: BEEFBISHOPPERY")
+    if not _content_words(title) & _content_words(f"{spec.brief or ''} {spec.topic}"):
         return None
     return title
+
+
+#: A reply that talks about the request, not a title: "Your response should be formatted as follows",
+#: "To improve this sentence", "What's Your Title? ...".
+_META_TITLE = re.compile(r"(?i)\b(?:your (?:response|title|request\w*)|response should|formatted|as follows|"
+                         r"this sentence|the title|it would be|here'?s|looking for)\b|[:：]\s*$")
 
 
 def derive_titles(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore) -> list[str | None]:
@@ -89,6 +98,23 @@ def brief_points(brief: str | None) -> list[str]:
         if text and any(c.isalnum() for c in text):
             points.append(text)
     return points if len(points) >= 2 else []
+
+
+def point_titles(brief: str | None) -> list[str]:
+    """Section titles from a brief's numbered points, in order ("the defects we logged" -> "The defects we
+    logged"): the point up to its first comma or clause, at most 8 words; points that make no usable title
+    are left out (their words still reach every prompt through the brief)."""
+    from aigc.outline_parse import clean_title
+    from aigc.outline_pool import unusable_reason
+
+    titles: list[str] = []
+    for point in brief_points(brief):
+        head = re.split(r"\s*[,;:(–—，；：（]\s*|\s+-\s+|(?<=[.!?。！？])\s", point)[0]
+        title = clean_title(" ".join(head.split()[:8])).rstrip(".!?。！？")
+        title = title[:1].upper() + title[1:]
+        if title and unusable_reason(title) is None and title.lower() not in {t.lower() for t in titles}:
+            titles.append(title)
+    return titles
 
 
 def _content_words(text: str) -> set[str]:

@@ -68,17 +68,43 @@ def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list
 
 
 def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str], list[str]],
-            source_headings: Sequence[str] = ()) -> dict[str, Any]:
+            source_headings: Sequence[str] = (), required: Sequence[str] = ()) -> dict[str, Any]:
     """Pool the candidates' titles and select; with sources, their headings join the pool as one more candidate
-    (the material's own sections compete with the model's titles, and win where the model proposes them too)."""
+    (the material's own sections compete with the model's titles, and win where the model proposes them too).
+
+    ``required``: titles the outline must have (a brief's numbered points, in the brief's order); the pool
+    fills the other places with titles unlike them, an opening one before them and a closing one after.
+    """
     from aigc import outline_pool as op
 
     if source_headings:
         texts = [*texts, "\n".join(f"{n}. {t}" for n, t in enumerate(source_headings, 1))]
     pool = op.merge_similar(op.pool_titles(texts, spec.topic))
-    titles, scores = op.select_titles(pool, spec.sections, spec.topic, first_cues=cues[0] or None,
-                                      last_cues=cues[1] or None, n_candidates=len(texts))
-    return {"titles": titles, "selection": op.selection_record(texts, pool, titles, scores, spec.sections)}
+    if required:
+        pool = _unlike(pool, required)
+    want = spec.sections - len(required)
+    titles, scores = op.select_titles(pool, want, spec.topic, first_cues=cues[0] or None, last_cues=cues[1] or None,
+                                      n_candidates=len(texts)) if want > 0 and pool else ([], [])
+    record = op.selection_record(texts, pool, titles, scores, want)
+    if required:
+        first = [t for t, sc in zip(titles, scores) if sc.cue == "first"]
+        last = [t for t, sc in zip(titles, scores) if sc.cue == "last"]
+        titles = first + list(required) + [t for t in titles if t not in first and t not in last] + last
+        record = {**record, "titles": titles, "from_brief": list(required), "asked": spec.sections,
+                  "missing": max(0, spec.sections - len(titles))}
+    return {"titles": titles, "selection": record}
+
+
+def _unlike(pool: list, required: Sequence[str]) -> list:
+    """The pool without titles that say what a required one says (cosine >= the merge threshold, or the same words)."""
+    from aigc import outline_pool as op
+
+    if not pool:
+        return pool
+    vectors = op._unit(op.default_embed([*required, *(c.title for c in pool)]))
+    similar = vectors[len(required):] @ vectors[:len(required)].T
+    keys = {op._key(t) for t in required}
+    return [c for c, row in zip(pool, similar) if row.max() < op.MERGE_THRESHOLD and op._key(c.title) not in keys]
 
 
 def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore, *,
@@ -93,12 +119,21 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     "attempts", "selection", usage...}`` or the OutlineError that says what the model returned.
     ``extra[i]``: more template variables for article i's prompts (its sources), or None.
     """
+    from aigc.briefs import point_titles
+
     cues = [order_cues(spec, store) for spec in specs]
     headings = [list((e or {}).get("source_headings") or ()) for e in (extra or [None] * len(specs))]
+    required = [point_titles(spec.brief)[:spec.sections] if spec.sections > 1 else [] for spec in specs]
     texts: list[list[str]] = [[] for _ in specs]
     usage = [{"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0} for _ in specs]
     chosen: list[dict[str, Any]] = [{"titles": []} for _ in specs]
-    pending = list(range(len(specs)))
+    pending = []
+    for i, spec in enumerate(specs):  # a brief whose numbered points fill the outline needs no model call
+        if len(required[i]) == spec.sections:
+            chosen[i] = {"titles": list(required[i]), "selection": {"titles": list(required[i]),
+                                                                    "from_brief": list(required[i])}}
+        else:
+            pending.append(i)
     rounds = [0] * len(specs)  # the calls each article took part in
     for round_ in range(1 + FOLLOW_UP_ROUNDS):
         if not pending:
@@ -121,7 +156,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
             for key in usage[i]:
                 usage[i][key] += getattr(completion, key)
         for i in pending:
-            chosen[i] = _choose(specs[i], texts[i], cues[i], headings[i])
+            chosen[i] = _choose(specs[i], texts[i], cues[i], headings[i], required[i])
         pending = [i for i in pending if len(chosen[i]["titles"]) < specs[i].sections]
     for i in list(pending):  # the last resort: the style's fallback titles join the pool, the best fitting fill the gaps
         fallback = cues[i][2]
@@ -130,7 +165,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
         log.warning("%s: %d of %d outline titles usable after %d rounds; filling the rest from the style's "
                     "fallback titles", specs[i].topic, len(chosen[i]["titles"]), specs[i].sections, rounds[i])
         filled = _choose(specs[i], [*texts[i], "\n".join(f"{n}. {t}" for n, t in enumerate(fallback, 1))], cues[i],
-                         headings[i])
+                         headings[i], required[i])
         if len(filled["titles"]) >= specs[i].sections:
             chosen[i] = {**filled, "fallback_titles": [t for t in filled["titles"] if t in fallback]}
             pending.remove(i)

@@ -31,6 +31,9 @@ MAX_TOPIC_CHARS = 300
 #: Words a section gets when the number of sections is chosen from the length (a pack may set its own).
 DEFAULT_WORDS_PER_SECTION = 160
 MAX_AUTO_SECTIONS = 12
+#: A brief's numbered points raise the number of sections chosen from the length (one each) while every
+#: section keeps at least this many words.
+MIN_POINT_SECTION_WORDS = 80
 #: A topic derived from a brief (when none is given) is at most this long; it names the folder.
 DERIVED_TOPIC_CHARS = 60
 
@@ -79,9 +82,29 @@ def topic_from_brief(brief: str) -> str:
     if any("\u3400" <= c <= "\u9fff" or "\u3040" <= c <= "\u30ff" or "\uac00" <= c <= "\ud7af" for c in first):
         first = re.split(r"[，,；;：:]", first)[0][:DERIVED_TOPIC_CHARS // 3]  # CJK: its first clause, 20 characters
     if len(first) > DERIVED_TOPIC_CHARS:
-        cut = first[:DERIVED_TOPIC_CHARS]
-        first = cut.rsplit(" ", 1)[0] if " " in cut[DERIVED_TOPIC_CHARS // 2:] else cut
+        first = _cut_topic(first)
     return first[:1].upper() + first[1:]
+
+
+#: Where a long first sentence is cut into a topic: before a clause or a phrase that qualifies the head
+#: ("A letter of recommendation | for a former intern, Maya, who ..."), at least this many characters in.
+_TOPIC_MIN_CHARS = 24
+_TOPIC_BREAK = re.compile(r"\s*[,;:(–—]\s*|\s+(?=(?:who|whom|whose|where|which|that|about|for|with|because|while|"
+                          r"when|after|before|telling|asking|explaining|describing|including)\b)", re.I)
+_TRAILING = re.compile(r"(?:\s+(?:a|an|the|of|to|at|in|on|by|and|or|my|our|your|his|her|their|its|for|with|from))+$",
+                       re.I)
+
+
+def _cut_topic(sentence: str) -> str:
+    """The head of a long first sentence, under DERIVED_TOPIC_CHARS: up to its last break (a comma, a clause or a
+    phrase starting "about", "for", "who", ...) that leaves at least _TOPIC_MIN_CHARS, else cut at a word,
+    without a dangling "of the" at its end."""
+    breaks = [m.start() for m in _TOPIC_BREAK.finditer(sentence, _TOPIC_MIN_CHARS) if m.start() <= DERIVED_TOPIC_CHARS]
+    if breaks:
+        return sentence[:breaks[-1]].rstrip()
+    cut = sentence[:DERIVED_TOPIC_CHARS]
+    cut = cut.rsplit(" ", 1)[0] if " " in cut[DERIVED_TOPIC_CHARS // 2:] else cut
+    return _TRAILING.sub("", cut) or cut
 
 
 def single_outline(topic: str) -> tuple[str, ...] | None:
@@ -153,6 +176,11 @@ class ArticleSpec(BaseModel):
                 values.pop("sections", None)  # the words' own error is the one to say
             else:
                 values["sections"], values["sections_from_length"] = auto_sections(words, per), True
+                if values["sections"] > 1 and brief:  # a brief's numbered points each get a section
+                    from aigc.briefs import point_titles
+
+                    wanted = min(len(point_titles(brief)), MAX_AUTO_SECTIONS, words // MIN_POINT_SECTION_WORDS)
+                    values["sections"] = max(values["sections"], wanted)
                 if values["sections"] == 1 and not values.get("outline") and isinstance(values.get("topic"), str):
                     values["outline"] = single_outline(values["topic"])  # one section: no outline to plan
         values.pop("_words_per_section", None)

@@ -34,10 +34,34 @@ def test_the_brief_reaches_every_prompt_literally_and_is_in_the_record(fake_back
     spec = ArticleSpec.build(topic="Vendor quality", brief=BRIEF, words=400, sections=2, backend="fake")
     result = write_article(spec, backend=fake_backend, root=tmp_path)
     prompts = [m.content for r in fake_backend.requests for m in r.messages if m.role == "user"]
-    assert prompts and all("the cost of returns" in p for p in prompts)  # outline and section prompts
+    assert prompts and all("the cost of returns" in p for p in prompts)  # every prompt
     assert all("{{ 7*7 }}" in p and "49" not in p for p in prompts)  # data, never template source
     assert result.record["brief"] == BRIEF
     assert result.record["title"] == "Vendor quality" and result.record["title_source"] == "topic"
+
+
+def test_a_briefs_numbered_points_are_sections_and_fill_the_outline_without_a_model_call(fake_backend, tmp_path):
+    spec = ArticleSpec.build(topic="Vendor quality", brief=BRIEF, words=400, backend="fake")
+    assert spec.sections == 3  # the length alone gives 2; each of the 3 points gets one
+    result = write_article(spec, backend=fake_backend, root=tmp_path)
+    assert [r.purpose for r in fake_backend.requests if r.purpose == "outline"] == []
+    titles = [s["title"] for s in result.record["sections"]]
+    assert titles == ["The defects we logged", "The cost of returns", "A deadline for a fix"]
+    assert "## The cost of returns" in result.files["article.md"].read_text()
+
+
+def test_points_take_their_places_and_the_model_fills_the_others(fake_backend, tmp_path):
+    fake_backend.enqueue(" The cost of returns\n2. Introduction\n3. Our vendor today\n4. Conclusion\n"
+                         "5. Packaging defects we logged\n6. Talking to the vendor\n7. Other suppliers")
+    spec = ArticleSpec.build(topic="Vendor quality", brief=BRIEF, words=1200, outline_candidates=1, backend="fake")
+    assert spec.sections == 6
+    result = write_article(spec, backend=fake_backend, root=tmp_path)
+    titles = [s["title"] for s in result.record["sections"]]
+    points = ["The defects we logged", "The cost of returns", "A deadline for a fix"]
+    assert titles[0] == "Introduction" and titles[1:4] == points  # an opening title before the points
+    assert len(titles) == 6 and set(titles[4:]) <= {"Our vendor today", "Conclusion", "Talking to the vendor",
+                                                    "Other suppliers"}  # not "Packaging defects we logged"
+    assert result.record["outline"]["selection"]["from_brief"] == points
 
 
 def test_a_brief_of_8000_characters_is_taken_whole(fake_backend, tmp_path):
@@ -57,7 +81,7 @@ def test_a_brief_alone_gets_a_title_from_the_model_and_a_folder_from_the_brief(f
     purposes = [r.purpose for r in fake_backend.requests]  # the fake's short reply gets one continuation step
     assert purposes[:2] == ["title", "section"] and set(purposes[2:]) <= {"section"} and len(purposes) <= 3
     assert result.record["title"] == "Thank You for Your Patience" and result.record["title_source"] == "model"
-    assert result.folder.name == "a-100-word-thank-you-email-to-the-bank-teller-who-helped-me"
+    assert result.folder.name == "a-100-word-thank-you-email-to-the-bank-teller"  # cut before "who helped me ..."
     md = result.files["article.md"].read_text()
     assert md.startswith("# Thank You for Your Patience\n")
 
@@ -88,6 +112,34 @@ def test_a_reply_that_is_no_title_falls_back_to_the_brief(fake_backend, tmp_path
     result = write_article(spec, backend=fake_backend, root=tmp_path)
     assert result.record["title"] == "A note to parents about the school trip on Friday"
     assert result.record["title_source"] == "brief"
+
+
+@pytest.mark.parametrize("reply", ["Your response should be formatted as follows", "It would be: BEEFBISHOPPERY",
+                                   "To improve this sentence", "What's Your Title? [Your requested topic]",
+                                   "Laughter and Tears: A Tale of Perseverance"])
+def test_a_title_about_the_request_or_about_nothing_asked_is_refused(reply):
+    from aigc.briefs import clean_model_title
+
+    spec = ArticleSpec.build(brief="A short summary of why bees matter to farming, for a school newsletter.",
+                             words=150, style="summary", backend="fake")
+    assert clean_model_title(reply, spec) is None
+    assert clean_model_title("Why Farmers Need Bees", spec) == "Why Farmers Need Bees"
+
+
+@pytest.mark.parametrize("brief, topic", [
+    ("A complaint letter to the city council about broken street lights on Elm Road.",
+     "A complaint letter to the city council"),
+    ("A letter of recommendation for a former intern, Maya, who worked with us for six months.",
+     "A letter of recommendation for a former intern, Maya"),
+    ("A short story for children about a lighthouse keeper who befriends a seal.",
+     "A short story for children about a lighthouse keeper"),
+    ("Write a 400-word proposal to stop low-quality deliveries from our vendor and find a new one.",
+     "A 400-word proposal to stop low-quality deliveries"),
+])
+def test_a_long_first_sentence_is_cut_before_a_clause_not_mid_phrase(brief, topic):
+    from aigc.spec import topic_from_brief
+
+    assert topic_from_brief(brief) == topic
 
 
 @pytest.mark.parametrize("words,style,sections", [(100, "article", 1), (100, "email", 1), (3000, "email", 1),
