@@ -117,7 +117,9 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\byou\s+(?:will|'ll|’ll|are\s+going\s+to)\s+(?:learn|discover|find\s+out|read|see\s+how)\b"
         r"|\byou\s+see\s+(?:just|exactly)\s+what\b|\bas\s+you\s+read\b|\b(?:read|keep\s+reading)\s+on\b|\bstay\s+tuned\b|\bdear\s+readers?\b"
         r"|\bas\s+(?:a|the)\s+reader\b|\b(?:this|the\s+(?:above|following))\s+(?:prompt|instructions?)\b"
-        r"|\bthe\s+(?:above|following)\s+task\b",
+        r"|\bthe\s+(?:above|following)\s+task\b"
+        # the request's instructions echoed: "In your response, please use all caps." (not "your response" in a letter)
+        r"|\bin\s+your\s+(?:response|answer|reply)\s*,|\byour\s+(?:response|answer)\s+should\b",
         re.I)),
     # with sources: "The source documents cover...", "The notes above say", "note [1] is the first one"
     ("about_the_sources", re.compile(

@@ -53,6 +53,9 @@ MODEL_META = [
     ("I added a transitional phrase at the beginning of each new paragraph.", "editor_talk"),
     ("Your article has already set the stage perfectly.", "editor_talk"),
     ("The opening sentence is already well-defined with the topic of Mount Greylock's ecosystem.", "editor_talk"),
+    # the requests benchmark (issue 19): the request's instructions echoed
+    ("In your response, please use all caps.", "reader_task"),
+    ("Your response should be formatted as follows.", "reader_task"),
 ]
 
 # Sentences about the subject, some using "section", "article", "part", "point" about it.
@@ -78,6 +81,8 @@ SUBJECT = [
     "Your water bill lists the charges.",
     "The plan was discussed earlier that year.",
     "Since then a good number of editors have and continue to oversee this task.",
+    "Thank you for your response to my letter of 3 May.",
+    "I look forward to your reply, and to meeting you in June.",
 ]
 
 
