@@ -248,9 +248,25 @@ def test_best_layout_shares_whole_prompts_of_candidates_rather_than_a_short_comm
     prompts = [start + x, start + x, start + y, start + y]  # two candidates of each
     groups, lengths = fastpath.prefix_groups(prompts, min_shared=48)
     assert groups == [0, 0, 0, 0] and lengths == [50]  # the first match: only the common start is shared
-    layout = fastpath.best_layout(prompts, pad_id=0)
-    assert layout["groups"] == [0, 0, 1, 1] and layout["tokens"] == 2 * 109 + 4 * 1  # vs 50 + 4 * 61
+    groups, lengths = fastpath.duplicate_groups(prompts)
+    alike = fastpath.shared_prefill_layout(prompts, groups, lengths, pad_id=0)
+    assert alike["groups"] == [0, 0, 1, 1] and alike["tokens"] == 2 * 109 + 4 * 1  # vs 50 + 4 * 61
+    layout = fastpath.best_layout(prompts, pad_id=0)  # both: the start once, each section's own 59 once
+    assert layout["groups"] == [0, 0, 1, 1] and layout["middle_outer"] == [0, 0]
+    assert layout["tokens"] == 50 + 2 * 59 + 4 * 1
     assert fastpath.best_layout([x, y, start], pad_id=0) is None  # nothing in common
+
+
+def test_nested_layout_keeps_every_row_in_order():
+    start = list(range(10, 60))
+    x, y = list(range(100, 160)), list(range(200, 230))  # sections of different lengths
+    prompts = [start + x, start + y, start + x, list(range(300, 360)), start + y, start + [7]]
+    layout = fastpath.nested_prefill_layout(prompts, pad_id=0)
+    assert layout["groups"] == [0, 1, 0, 2, 1, 3] and layout["middle_outer"] == [0, 0, 1, 0]
+    for prompt, row, mask in zip(prompts, layout["input_ids"], layout["attention_mask"]):
+        assert [t for t, m in zip(row, mask) if m] == prompt
+    assert len({len(r) for r in layout["input_ids"]}) == 1
+    assert fastpath.nested_prefill_layout([start + x, start + y], pad_id=0) is None  # no two rows alike
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -259,7 +275,7 @@ def test_duplicate_prompts_share_their_prefill_and_give_the_same_tokens(tmp_path
 
     from aigc.backends.base import GenerationRequest
 
-    folder = _save_tiny(tmp_path / arch, arch, positions=128)
+    folder = _save_tiny(tmp_path / arch, arch, positions=256)
     start = " ".join(f"w{i}" for i in range(10, 60))
     x, y = " ".join(f"w{i}" for i in range(100, 160)), " ".join(f"w{i}" for i in range(200, 260))
     requests = [GenerationRequest(prompt=f"{start} {rest}", max_new_tokens=8, temperature=0.7, seed=seed)
@@ -270,7 +286,7 @@ def test_duplicate_prompts_share_their_prefill_and_give_the_same_tokens(tmp_path
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="aigc.backends.local"):
             runs[fast] = [(c.text, c.completion_tokens) for c in backend.generate(requests)]
-        assert ("prompt prefixes shared by 2 groups of 4 rows" in caplog.text) == fast
+        assert ("prompt prefixes shared by 1 groups (2 subgroups) of 4 rows" in caplog.text) == fast
     assert runs[True] == runs[False]
 
 

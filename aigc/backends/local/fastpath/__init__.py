@@ -24,7 +24,8 @@ from aigc.backends.local.fastpath.fused import (FUSED_DECODE, blocked_bias, fuse
                                                 install_fused_decode, product_bias)
 from aigc.backends.local.fastpath.kernels import (FBGEMM_FP16, ONEDNN_PACKED, PACKED_KERNELS, fbgemm_fp16_available,
                                                   mkldnn_linear_available, pack_linears, packed_kernels_available)
-from aigc.backends.local.fastpath.prefix import (best_layout, duplicate_groups, forward_params, prefill_shared, prefix_groups,
+from aigc.backends.local.fastpath.prefix import (best_layout, duplicate_groups, forward_params, nested_prefill_layout,
+                                                 prefill_shared, prefix_groups,
                                                  shared_prefill_layout)
 from aigc.backends.local.fastpath.sampler import penalize_repeats, top_k_top_p_sampler
 
@@ -124,7 +125,7 @@ def apply(model: Any, planned: dict[str, str], rows: int) -> dict[str, Any]:
             "cache_by_aigc": forward_params(model) is not None}
 
 
-__all__ = ["best_layout", "duplicate_groups", "FBGEMM_FP16", "FUSED_DECODE", "FastPath", "ONEDNN_PACKED", "PACKED_KERNELS", "PLAIN_DECODE", "PLAIN_KERNELS",
+__all__ = ["best_layout", "duplicate_groups", "nested_prefill_layout", "FBGEMM_FP16", "FUSED_DECODE", "FastPath", "ONEDNN_PACKED", "PACKED_KERNELS", "PLAIN_DECODE", "PLAIN_KERNELS",
            "TESTED_TRANSFORMERS", "apply", "blocked_bias", "fbgemm_fp16_available", "forward_params",
            "fused_decode_unsupported", "gate", "grouped_attention", "growing_cache", "install_fused_decode",
            "mkldnn_linear_available", "pack_linears", "packed_kernels_available", "penalize_repeats", "plan",

@@ -92,12 +92,56 @@ def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int
     }
 
 
+def nested_prefill_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any] | None:
+    """A layout in two levels: rows that begin alike (an article's sections: the system turn, the outline) share
+    that start, and rows alike (a section's candidates) share the rest of their prompt too.
+
+    Each row becomes ``[its outer group's prefix | its inner group's middle | the rest of its prompt]``, each
+    part left-padded to its longest. :func:`prefill_shared` computes the outer prefixes once per outer group
+    (``prefix_ids``), the middles once per inner group on top of them (``middle_ids``, whose outer group is
+    ``middle_outer``), and copies each inner group's cache to its rows (``groups``). None when there are not
+    two levels to share (no common start, or no identical prompts).
+    """
+    outer, outer_len = prefix_groups(prompts, MIN_SHARED)
+    inner, inner_len = duplicate_groups(prompts)
+    if len(outer_len) == len(prompts) or len(inner_len) == len(prompts) or len(inner_len) == len(outer_len):
+        return None
+    first = {g: inner.index(g) for g in range(len(inner_len))}
+    middle_outer = [outer[first[g]] for g in range(len(inner_len))]
+    middles = [list(prompts[first[g]][outer_len[middle_outer[g]]:inner_len[g]]) for g in range(len(inner_len))]
+    width, mid_width = max(outer_len), max(len(m) for m in middles)
+    if mid_width == 0:
+        return None
+    prefix_ids, prefix_mask = [], []
+    for o, n in enumerate(outer_len):
+        prompt = prompts[outer.index(o)]
+        prefix_ids.append([pad_id] * (width - n) + list(prompt[:n]))
+        prefix_mask.append([0] * (width - n) + [1] * n)
+    middle_ids = [[pad_id] * (mid_width - len(m)) + m for m in middles]
+    middle_mask = [[0] * (mid_width - len(m)) + [1] * len(m) for m in middles]
+    rests = [list(p[inner_len[g]:]) for p, g in zip(prompts, inner)]
+    rest_width = max(len(r) for r in rests)
+    input_ids, mask = [], []
+    for o, g, rest in zip(outer, inner, rests):
+        pad = rest_width - len(rest)
+        input_ids.append(prefix_ids[o] + middle_ids[g] + [pad_id] * pad + rest)
+        mask.append(prefix_mask[o] + middle_mask[g] + [0] * pad + [1] * len(rest))
+    return {
+        "groups": list(inner), "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "middle_ids": middle_ids,
+        "middle_mask": middle_mask, "middle_outer": middle_outer, "input_ids": input_ids, "attention_mask": mask,
+        "tokens": len(outer_len) * width + len(inner_len) * mid_width + len(prompts) * rest_width,
+        "plain_tokens": len(prompts) * max(len(p) for p in prompts),
+    }
+
+
 def best_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any] | None:
-    """The cheaper of the two groupings' layouts (rows beginning alike, rows alike), or None when neither cuts
-    the prefill to :data:`SHARED_PAYS` of plain left padding."""
+    """The cheapest of the groupings' layouts (rows beginning alike, rows alike, both nested), or None when none
+    cuts the prefill to :data:`SHARED_PAYS` of plain left padding."""
     layouts = [shared_prefill_layout(prompts, groups, lengths, pad_id)
                for groups, lengths in (prefix_groups(prompts, MIN_SHARED), duplicate_groups(prompts))
                if len(lengths) < len(prompts)]
+    nested = nested_prefill_layout(prompts, pad_id)
+    layouts += [nested] if nested is not None else []
     best = min(layouts, key=lambda c: c["tokens"], default=None)
     return best if best is not None and best["tokens"] <= SHARED_PAYS * best["plain_tokens"] else None
 
@@ -136,8 +180,9 @@ def prefill_shared(model: Any, prompts: list[list[int]], pad_id: int, max_new: i
     if share_prefix and len(prompts) > 1:
         layout = best_layout(prompts, pad_id)
         if layout is not None:
-            log.debug("prompt prefixes shared by %d groups of %d rows: prefill of %d token slots instead of %d",
-                      len(layout["prefix_ids"]), len(prompts), layout["tokens"], layout["plain_tokens"])
+            nested = f" ({len(layout['middle_ids'])} subgroups)" if "middle_ids" in layout else ""
+            log.debug("prompt prefixes shared by %d groups%s of %d rows: prefill of %d token slots instead of %d",
+                      len(layout["prefix_ids"]), nested, len(prompts), layout["tokens"], layout["plain_tokens"])
     width = len(layout["input_ids"][0]) if layout else max(len(p) for p in prompts)
     if reserve_cache:
         cache = growing_cache(model, width + max_new)
@@ -152,5 +197,13 @@ def prefill_shared(model: Any, prompts: list[list[int]], pad_id: int, max_new: i
         keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **keep)
+            if "middle_ids" in layout:  # nested: each inner group's middle on top of its outer group's prefix
+                cache.batch_select_indices(torch.tensor(layout["middle_outer"], device=model.device))
+                middle = torch.tensor(layout["middle_ids"], device=model.device)
+                full = torch.cat([mask[layout["middle_outer"]],
+                                  torch.tensor(layout["middle_mask"], device=model.device)], dim=-1)
+                positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -middle.shape[1]:]
+                model(input_ids=middle, attention_mask=full, position_ids=positions, cache=cache, use_cache=True,
+                      **keep)
         cache.batch_select_indices(torch.tensor(layout["groups"], device=model.device))  # each row its group's
     return cache, layout
