@@ -173,6 +173,9 @@ def unusable_reason(title: str) -> str | None:
         return "about the outline or the writing, not the subject"
     if title.count("(") > title.count(")") or title.count("[") > title.count("]"):
         return "cut off (a bracket left open)"
+    if re.fullmatch(r"\[[^\]]*\]", title.strip()) or re.search(r"(?i)\[(?:add|insert|include|your|enter|title|name|"
+                                                               r"list|use|write)\b", title):
+        return "a placeholder in brackets"  # "[Add a postscript starting with P.S.]" (not "[Terrorist] report")
     return None
 
 
