@@ -119,7 +119,7 @@ def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: Tem
     "attempts", "selection", usage...}`` or the OutlineError that says what the model returned.
     ``extra[i]``: more template variables for article i's prompts (its sources), or None.
     """
-    from aigc.briefs import point_titles
+    from aigc.points import point_titles
 
     cues = [order_cues(spec, store) for spec in specs]
     headings = [list((e or {}).get("source_headings") or ()) for e in (extra or [None] * len(specs))]

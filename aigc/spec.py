@@ -177,7 +177,7 @@ class ArticleSpec(BaseModel):
             else:
                 values["sections"], values["sections_from_length"] = auto_sections(words, per), True
                 if values["sections"] > 1 and brief:  # a brief's numbered points each get a section
-                    from aigc.briefs import point_titles
+                    from aigc.points import point_titles
 
                     wanted = min(len(point_titles(brief)), MAX_AUTO_SECTIONS, words // MIN_POINT_SECTION_WORDS)
                     values["sections"] = max(values["sections"], wanted)

@@ -123,16 +123,18 @@ def test_one_failure_does_not_stop_the_others(batch_run):
     folder, runs = batch_run
     state, summary, calls, index, html, batches = runs[0]
     assert state.is_failed() and "1 of 3 items failed" in state.message
-    # the two fake articles were written together: one call for both outlines, then one for all six sections
+    # the two fake articles were written together: one call for both outlines, then one for all six sections, then
+    # one spare step for all six (the fake's replies fall well short of the sections' length)
     assert batches == [("outline", ["Snow plow routes", "Urban heat islands"]),
+                       ("section", ["Snow plow routes", "Urban heat islands"]),
                        ("section", ["Snow plow routes", "Urban heat islands"])]
     assert summary["counts"] == {"written": 2, "failed": 1}
     statuses = [(r["topic"], r["status"]) for r in summary["items"]]
     assert statuses == [("Urban heat islands", "written"), ("Snow plow routes", "written"), ("Library cards", "failed")]
     assert "injected fault" in summary["items"][2]["error"]
     # the broken item was not retried
-    # 4 outline candidates and 3 sections each
-    assert calls["Urban heat islands"] == 7 and calls["Snow plow routes"] == 7 and calls["broken"] == 1
+    # 4 outline candidates, 3 sections and their 3 spare steps each
+    assert calls["Urban heat islands"] == 10 and calls["Snow plow routes"] == 10 and calls["broken"] == 1
     assert "| 3 | Library cards | article | **failed** |" in index and "injected fault" in index
     assert "[urban-heat-islands](urban-heat-islands/article.md)" in index
     assert 'href="snow-plow-routes/article.html"' in html and "injected fault" in html
@@ -143,8 +145,8 @@ def test_rerun_writes_only_the_missing_article(batch_run):
     state, summary, calls, index, _, _ = runs[1]
     assert state.is_completed()
     assert [r["status"] for r in summary["items"]] == ["unchanged", "unchanged", "written"]
-    # no model call for the finished articles: only the fixed item generated (4 outline candidates, then 3 sections)
-    assert calls == Counter({"Library cards": 7})
+    # no model call for the finished articles: only the fixed item generated (4 outline candidates, 3 sections, 3 spare)
+    assert calls == Counter({"Library cards": 10})
     articles = sorted(p.parent.name for p in folder.glob("*/article.json"))
     assert articles == ["library-cards", "snow-plow-routes", "urban-heat-islands"]
     row = summary["items"][2]
