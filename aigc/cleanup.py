@@ -31,7 +31,11 @@ _L = f"[^\\W{CJK_RANGES}]"
 WORD = re.compile(f"[{CJK_RANGES}]|{_L}(?:(?:{_L}|['’-])*{_L})?")
 _NORM_WORD = WORD  # for comparing lines, not for counting
 #: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
-_PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?")
+#: "[Insert_Content]", "[Insert your opening paragraph]" (an instruction left in brackets; "[Your Name]" in a
+#: letter stays, for the writer to fill in), and the prompt's "<<<" / ">>>" delimiters echoed.
+_PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?"
+                          r"|\[(?:insert|add|include|enter|write|put|fill\s+in)\b[^\]\n]{0,80}\]\s*(?:\.{2,}\s*)?"
+                          r"|<{3,}|>{3,}", re.I)
 
 
 def _norm(text: str) -> str:

@@ -64,6 +64,14 @@ def test_copied_placeholders_and_long_dot_runs_are_removed():
     assert clean_section(text, title="Warmth") == "How to stay warm... Wear layers... It helps."
 
 
+def test_instructions_in_brackets_and_the_prompts_delimiters_are_removed_a_name_to_fill_in_stays():
+    # the requests benchmark (issue 19): a 100-word piece and a continuation step that echoed "<<<"
+    text = ("Languages open doors at any age. [Insert your opening paragraph] Start small.\n\n"
+            "<<< Practise every day. >>> Ask [Your Name] for the notes.")
+    assert clean_section(text, title="Languages") == ("Languages open doors at any age. Start small.\n\n"
+                                                      "Practise every day. Ask [Your Name] for the notes.")
+
+
 def test_title_like_lines_standing_alone_are_dropped():
     # the real embedded model behind `transformers serve` opened each section with a mixed-up title
     text = ("The Unsustainable Future of Urban Heat Insulation: A New Era of Sustainability\n\n"
