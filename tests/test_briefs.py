@@ -52,7 +52,8 @@ def test_a_briefs_numbered_points_are_sections_and_fill_the_outline_without_a_mo
 
 def test_points_take_their_places_and_the_model_fills_the_others(fake_backend, tmp_path):
     fake_backend.enqueue(" The cost of returns\n2. Introduction\n3. Our vendor today\n4. Conclusion\n"
-                         "5. Packaging defects we logged\n6. Talking to the vendor\n7. Other suppliers")
+                         "5. Packaging defects we logged\n6. Talking to the vendor\n7. Other suppliers\n"
+                         "8. Returns and their cost")
     spec = ArticleSpec.build(topic="Vendor quality", brief=BRIEF, words=1200, outline_candidates=1, backend="fake")
     assert spec.sections == 6
     result = write_article(spec, backend=fake_backend, root=tmp_path)
@@ -62,6 +63,16 @@ def test_points_take_their_places_and_the_model_fills_the_others(fake_backend, t
     assert len(titles) == 6 and set(titles[4:]) <= {"Our vendor today", "Conclusion", "Talking to the vendor",
                                                     "Other suppliers"}  # not "Packaging defects we logged"
     assert result.record["outline"]["selection"]["from_brief"] == points
+
+
+def test_pool_titles_that_restate_a_point_are_left_out():
+    from aigc import outline_pool as op
+    from aigc.outline import _unlike
+
+    topic = "Learning a language as an adult"
+    pool = op.merge_similar(op.pool_titles(["1. Language learning apps\n2. Finding a tutor"], topic))
+    # "Apps" and "Language learning apps" are far apart as sentences (cosine 0.55), but one holds the other
+    assert [c.title for c in _unlike(pool, ["Apps"], set(op._words(topic)))] == ["Finding a tutor"]
 
 
 def test_a_brief_of_8000_characters_is_taken_whole(fake_backend, tmp_path):
