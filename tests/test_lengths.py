@@ -92,6 +92,15 @@ def test_only_the_sections_that_stopped_well_short_get_a_spare_step(fake_backend
     assert all(s["words"] >= 0.8 * 200 for s in result.record["sections"]), result.record["sections"]
 
 
+def test_no_spare_round_when_the_piece_is_long_enough_already(fake_backend, tmp_path):
+    # section B stops at 110 of 200 words, but the piece stands at 800 of 800: no round for it
+    answer_with(fake_backend, lambda r: numbered_prose(110 if '"B"' in r.messages[-1].content else 260))
+    spec = ArticleSpec.build(topic="Tides", words=800, outline=("A", "B", "C", "D"), backend="fake")
+    result = write_article(spec, backend=fake_backend, root=tmp_path)
+    assert len(fake_backend.calls) == 1 and result.record["sections"][1]["words"] < 0.8 * 200
+    assert result.record["evaluation"]["length_score"] >= 90
+
+
 def test_a_one_section_piece_that_stops_short_gets_one_more_step(fake_backend, tmp_path):
     replies = iter([numbered_prose(60), numbered_prose(100)])  # stops at 60 of 150 words, then goes on
     answer_with(fake_backend, lambda r: next(replies))
