@@ -23,9 +23,11 @@ OUTLINE_PASSAGE_WORDS = 40
 #: A section's prompt: the best passages for "topic + section title", numbered, each cut to this many words.
 #: Chosen by benchmarks/grounded.py (3 FreshWiki topics, embedded model, 1 thread): 5 x 120 words made a
 #: grounded report take 8-16x the time of a plain one; 4 x 80 raised the recall of the source's names and
-#: numbers 3.2x at 1.76x the time; 3 x 70 2.8x at 1.27-1.50x (docs/sources.md).
+#: numbers 3.2x at 1.76x the time; 3 x 70 2.8x at 1.27-1.50x (docs/sources.md). On 6 topics, same tree, quiet
+#: machine: 3 x 70 recall 3.1x at 1.62x, 3 x 55 recall 3.2x at 1.53x (a cut passage still holds its first,
+#: most topical sentences).
 SECTION_PASSAGES = 3
-SECTION_PASSAGE_WORDS = 70
+SECTION_PASSAGE_WORDS = 55
 #: Each section's passages are spread over the article: taken from its best SPREAD_DEPTH x SECTION_PASSAGES hits.
 SPREAD_DEPTH = 3
 #: A section candidate's score (0-100, aigc.quality) gains up to CITED_POINTS points for the share of its
