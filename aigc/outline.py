@@ -81,7 +81,7 @@ def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list
         texts = [*texts, "\n".join(f"{n}. {t}" for n, t in enumerate(source_headings, 1))]
     pool = op.merge_similar(op.pool_titles(texts, spec.topic))
     if required:
-        pool = _unlike(pool, required, set(op._words(spec.topic)))
+        pool = op.without_like(pool, required, spec.topic)
     want = spec.sections - len(required)
     titles, scores = op.select_titles(pool, want, spec.topic, first_cues=cues[0] or None, last_cues=cues[1] or None,
                                       n_candidates=len(texts)) if want > 0 and pool else ([], [])
@@ -93,21 +93,6 @@ def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list
         record = {**record, "titles": titles, "from_brief": list(required), "asked": spec.sections,
                   "missing": max(0, spec.sections - len(titles))}
     return {"titles": titles, "selection": record}
-
-
-def _unlike(pool: list, required: Sequence[str], topic_words: set[str]) -> list:
-    """The pool without titles that say what a required one says: cosine >= the merge threshold, the same words,
-    or all of one's own words in the other ("Language learning apps" beside the point "Apps")."""
-    from aigc import outline_pool as op
-
-    if not pool:
-        return pool
-    vectors = op._unit(op.default_embed([*required, *(c.title for c in pool)]))
-    similar = vectors[len(required):] @ vectors[:len(required)].T
-    keys = {op._key(t) for t in required}
-    return [c for c, row in zip(pool, similar) if row.max() < op.MERGE_THRESHOLD and op._key(c.title) not in keys
-            and not any(op._contains(r, c.title, topic_words) or op._contains(c.title, r, topic_words)
-                        for r in required)]
 
 
 def generate_outlines(backend: Backend, specs: Sequence[ArticleSpec], store: TemplateStore, *,

@@ -313,7 +313,7 @@ def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
     topic_words = set(_words(topic)) - _STOP
     for i, a in enumerate(pool):
         for j, b in enumerate(pool):
-            if i != j and (_contains(a.title, b.title, topic_words) or _contains(b.title, a.title, topic_words)):
+            if i != j and _same_words(a.title, b.title, topic_words):
                 sims[i, j] = 1.0
     head_of: dict[int, int] = {}
     for i in order:
@@ -340,6 +340,28 @@ def merge_similar(pool: Sequence[Candidate], *, embed: Embed | None = None,
         m.vector = vector_of.get(m.title, m.vector)  # the representative's own embedding where it has one
     first_seen = {h: min(i for i in head_of if head_of[i] == h) for h in merged}
     return [merged[h] for h in sorted(merged, key=first_seen.get)]
+
+
+def _same_words(a: str, b: str, topic_words: set[str]) -> bool:
+    """Whether one title's own words are all in the other's (see :func:`_contains`), either way."""
+    return _contains(a, b, topic_words) or _contains(b, a, topic_words)
+
+
+def without_like(pool: Sequence[Candidate], titles: Sequence[str], topic: str, *, embed: Embed | None = None,
+                 threshold: float = MERGE_THRESHOLD) -> list[Candidate]:
+    """The pool without the candidates that say what one of ``titles`` says, as :func:`merge_similar` tells
+    it (cosine >= ``threshold``, or one's own words all in the other's: "Language learning apps" beside
+    "Apps"), or with the same key. The candidates keep their embeddings for :func:`select_titles`."""
+    pool = list(pool)
+    if not pool or not titles:
+        return pool
+    embed = embed or default_embed
+    _embed_pool(pool, embed)
+    sims = np.stack([c.vector for c in pool]) @ _unit(embed(list(titles))).T
+    topic_words = set(_words(topic)) - _STOP
+    keys = {_key(t) for t in titles}
+    return [c for c, row in zip(pool, sims) if row.max() < threshold and _key(c.title) not in keys
+            and not any(_same_words(t, c.title, topic_words) for t in titles)]
 
 
 def _copy(c: Candidate) -> Candidate:

@@ -67,12 +67,11 @@ def test_points_take_their_places_and_the_model_fills_the_others(fake_backend, t
 
 def test_pool_titles_that_restate_a_point_are_left_out():
     from aigc import outline_pool as op
-    from aigc.outline import _unlike
 
     topic = "Learning a language as an adult"
     pool = op.merge_similar(op.pool_titles(["1. Language learning apps\n2. Finding a tutor"], topic))
     # "Apps" and "Language learning apps" are far apart as sentences (cosine 0.55), but one holds the other
-    assert [c.title for c in _unlike(pool, ["Apps"], set(op._words(topic)))] == ["Finding a tutor"]
+    assert [c.title for c in op.without_like(pool, ["Apps"], topic)] == ["Finding a tutor"]
 
 
 def test_a_brief_of_8000_characters_is_taken_whole(fake_backend, tmp_path):

@@ -71,28 +71,39 @@ def shared_prefill_layout(prompts: Sequence[Sequence[int]], groups: Sequence[int
     so the padding in the middle changes nothing. ``tokens``: token slots computed by the prefill,
     against ``plain_tokens`` for one left-padded batch.
     """
-    width = max(lengths)
-    prefix_ids, prefix_mask = [], []
-    for g, n in enumerate(lengths):
-        first = groups.index(g)
-        prefix_ids.append([pad_id] * (width - n) + list(prompts[first][:n]))
-        prefix_mask.append([0] * (width - n) + [1] * n)
-    rests = [list(p[lengths[g]:]) for p, g in zip(prompts, groups)]
-    rest_width = max(len(r) for r in rests)
-    input_ids, mask = [], []
-    for p, g, rest in zip(prompts, groups, rests):
-        pad = rest_width - len(rest)
-        input_ids.append(prefix_ids[g] + [pad_id] * pad + rest)
-        mask.append(prefix_mask[g] + [0] * pad + [1] * len(rest))
+    first = _first_rows(groups)
+    prefix_ids, prefix_mask, width = _left_padded([prompts[first[g]][:n] for g, n in enumerate(lengths)], pad_id)
+    rest_ids, rest_mask, rest_width = _left_padded([p[lengths[g]:] for p, g in zip(prompts, groups)], pad_id)
     return {
-        "groups": list(groups), "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "input_ids": input_ids,
-        "attention_mask": mask,
+        "groups": list(groups), "prefix_ids": prefix_ids, "prefix_mask": prefix_mask,
+        "input_ids": [prefix_ids[g] + r for g, r in zip(groups, rest_ids)],
+        "attention_mask": [prefix_mask[g] + m for g, m in zip(groups, rest_mask)],
         "tokens": len(lengths) * width + len(prompts) * rest_width,
         "plain_tokens": len(prompts) * max(len(p) for p in prompts),
     }
 
 
-def nested_prefill_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any] | None:
+def _first_rows(groups: Sequence[int]) -> dict[int, int]:
+    """The first row of each group."""
+    first: dict[int, int] = {}
+    for row, g in enumerate(groups):
+        first.setdefault(g, row)
+    return first
+
+
+def _left_padded(parts: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """``parts`` left-padded to the longest: (ids, attention mask, width)."""
+    width = max((len(p) for p in parts), default=0)
+    ids = [[pad_id] * (width - len(p)) + list(p) for p in parts]
+    mask = [[0] * (width - len(p)) + [1] * len(p) for p in parts]
+    return ids, mask, width
+
+
+Grouping = tuple[list[int], list[int]]
+
+
+def nested_prefill_layout(prompts: Sequence[Sequence[int]], pad_id: int, *, outer_groups: Grouping | None = None,
+                          inner_groups: Grouping | None = None) -> dict[str, Any] | None:
     """A layout in two levels: rows that begin alike (an article's sections: the system turn, the outline) share
     that start, and rows alike (a section's candidates) share the rest of their prompt too.
 
@@ -100,35 +111,27 @@ def nested_prefill_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict
     part left-padded to its longest. :func:`prefill_shared` computes the outer prefixes once per outer group
     (``prefix_ids``), the middles once per inner group on top of them (``middle_ids``, whose outer group is
     ``middle_outer``), and copies each inner group's cache to its rows (``groups``). None when there are not
-    two levels to share (no common start, or no identical prompts).
+    two levels to share (no common start, or no identical prompts). ``outer_groups``/``inner_groups``: the rows'
+    :func:`prefix_groups` and :func:`duplicate_groups` when the caller has them.
     """
-    outer, outer_len = prefix_groups(prompts, MIN_SHARED)
-    inner, inner_len = duplicate_groups(prompts)
+    outer, outer_len = outer_groups or prefix_groups(prompts, MIN_SHARED)
+    inner, inner_len = inner_groups or duplicate_groups(prompts)
     if len(outer_len) == len(prompts) or len(inner_len) == len(prompts) or len(inner_len) == len(outer_len):
         return None
-    first = {g: inner.index(g) for g in range(len(inner_len))}
+    first, first_outer = _first_rows(inner), _first_rows(outer)
     middle_outer = [outer[first[g]] for g in range(len(inner_len))]
-    middles = [list(prompts[first[g]][outer_len[middle_outer[g]]:inner_len[g]]) for g in range(len(inner_len))]
-    width, mid_width = max(outer_len), max(len(m) for m in middles)
+    middle_ids, middle_mask, mid_width = _left_padded(
+        [prompts[first[g]][outer_len[middle_outer[g]]:n] for g, n in enumerate(inner_len)], pad_id)
     if mid_width == 0:
         return None
-    prefix_ids, prefix_mask = [], []
-    for o, n in enumerate(outer_len):
-        prompt = prompts[outer.index(o)]
-        prefix_ids.append([pad_id] * (width - n) + list(prompt[:n]))
-        prefix_mask.append([0] * (width - n) + [1] * n)
-    middle_ids = [[pad_id] * (mid_width - len(m)) + m for m in middles]
-    middle_mask = [[0] * (mid_width - len(m)) + [1] * len(m) for m in middles]
-    rests = [list(p[inner_len[g]:]) for p, g in zip(prompts, inner)]
-    rest_width = max(len(r) for r in rests)
-    input_ids, mask = [], []
-    for o, g, rest in zip(outer, inner, rests):
-        pad = rest_width - len(rest)
-        input_ids.append(prefix_ids[o] + middle_ids[g] + [pad_id] * pad + rest)
-        mask.append(prefix_mask[o] + middle_mask[g] + [0] * pad + [1] * len(rest))
+    prefix_ids, prefix_mask, width = _left_padded([prompts[first_outer[o]][:n] for o, n in enumerate(outer_len)],
+                                                  pad_id)
+    rest_ids, rest_mask, rest_width = _left_padded([p[inner_len[g]:] for p, g in zip(prompts, inner)], pad_id)
     return {
         "groups": list(inner), "prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "middle_ids": middle_ids,
-        "middle_mask": middle_mask, "middle_outer": middle_outer, "input_ids": input_ids, "attention_mask": mask,
+        "middle_mask": middle_mask, "middle_outer": middle_outer,
+        "input_ids": [prefix_ids[o] + middle_ids[g] + r for o, g, r in zip(outer, inner, rest_ids)],
+        "attention_mask": [prefix_mask[o] + middle_mask[g] + m for o, g, m in zip(outer, inner, rest_mask)],
         "tokens": len(outer_len) * width + len(inner_len) * mid_width + len(prompts) * rest_width,
         "plain_tokens": len(prompts) * max(len(p) for p in prompts),
     }
@@ -137,10 +140,10 @@ def nested_prefill_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict
 def best_layout(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Any] | None:
     """The cheapest of the groupings' layouts (rows beginning alike, rows alike, both nested), or None when none
     cuts the prefill to :data:`SHARED_PAYS` of plain left padding."""
-    layouts = [shared_prefill_layout(prompts, groups, lengths, pad_id)
-               for groups, lengths in (prefix_groups(prompts, MIN_SHARED), duplicate_groups(prompts))
+    outer, inner = prefix_groups(prompts, MIN_SHARED), duplicate_groups(prompts)
+    layouts = [shared_prefill_layout(prompts, groups, lengths, pad_id) for groups, lengths in (outer, inner)
                if len(lengths) < len(prompts)]
-    nested = nested_prefill_layout(prompts, pad_id)
+    nested = nested_prefill_layout(prompts, pad_id, outer_groups=outer, inner_groups=inner)
     layouts += [nested] if nested is not None else []
     best = min(layouts, key=lambda c: c["tokens"], default=None)
     return best if best is not None and best["tokens"] <= SHARED_PAYS * best["plain_tokens"] else None
