@@ -4,7 +4,7 @@
     python benchmarks/grounded.py --cache /tmp/gidx        # keep the index between runs (cold is then not cold)
     python benchmarks/grounded.py --write --limit 3        # + 8-section reports with and without sources
     python benchmarks/grounded.py --write-only --limit 2 --cache /tmp/gidx   # only the reports (index kept)
-    python benchmarks/grounded.py --write-only --limit 6 --passages 3 --passage-words 60   # another prompt size
+    python benchmarks/grounded.py --write-only --limit 6 --passages 3 --passage-words 70   # another prompt size
 
 Corpus: all 49 FreshWiki dev articles (``../shared/data/freshwiki-dev/txt``). Retrieval: for every topic
 and each of its human ``#``/``##`` headings, the query is "topic heading"; a hit is a passage of the right
