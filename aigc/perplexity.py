@@ -14,11 +14,13 @@ def load_lm(model: str | None = None) -> tuple[Any, Any, str]:
 
     ``model``: None or "embedded" (SmolLM2), a folder saved with ``save_pretrained``, or a cached hub id.
     A measurement scores with the model's own weights: on a CPU its float32 linear weights are packed
-    as they are, not rounded to float16 as for writing (the fast path's ``fp16_weights`` part is off).
+    as they are, not rounded to float16 as for writing, and multiplied in float32, not in bfloat16 as a
+    prompt's prefill (the fast path's ``fp16_weights`` and ``bf16_prefill`` parts are off).
     """
     from aigc.backends.local import FastPath, LocalBackend, LocalOptions
 
-    backend = LocalBackend(LocalOptions(model=model or "embedded"), fastpath=FastPath(fp16_weights=False))
+    backend = LocalBackend(LocalOptions(model=model or "embedded"),
+                           fastpath=FastPath(fp16_weights=False, bf16_prefill=False))
     lm, tokenizer = backend.load()
     return lm, tokenizer, backend.model_id
 

@@ -10,7 +10,7 @@ Corpus: all 49 FreshWiki dev articles (``../shared/data/freshwiki-dev/txt``). Re
 and each of its human ``#``/``##`` headings, the query is "topic heading"; a hit is a passage of the right
 article whose heading path holds that heading (section hit) or any passage of the right article (article
 hit), in the top k. Modes: dense (FAISS), bm25, hybrid (reciprocal-rank fusion). Writes results.json and
-results.md into --out.
+results.md into --out, and the reports into --out/outputs/{plain,grounded}.
 """
 
 from __future__ import annotations
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="aigc-grounded-"))
-    os.environ.setdefault("AIGC_OUTPUTS_DIR", str(work / "outputs"))
+    # the reports stay under --out (outputs/plain, outputs/grounded) to be read; the rest of work is removed
+    os.environ.setdefault("AIGC_OUTPUTS_DIR", str(args.out.resolve() / "outputs"))
     root = args.cache or work / "index"  # the measured index lives here, not in the user's cache
     corpus_dir = args.data / "txt"
     results: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "threads": args.threads,

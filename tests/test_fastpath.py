@@ -63,6 +63,30 @@ def test_half_linear_stores_float16_weights_and_float32_bias():
     torch.testing.assert_close(half(x), x @ weight.half().float().T + bias, rtol=1e-5, atol=1e-5)
 
 
+needs_bf16 = pytest.mark.skipif(not fastpath.bf16_prefill_available(), reason="this CPU has no bfloat16 instructions")
+
+
+@needs_bf16
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_prefill_multiplies_many_positions_in_bfloat16_and_leaves_decode_steps_alone(kind):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 96)
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    cls = kernels._packed_linear_class(kind)
+    bf16, plain = cls(linear, 8, True), cls(linear, 8)
+    prefill, step, rows = torch.randn(2, 7, 48), torch.randn(3, 1, 48), torch.randn(5, 48)
+    with torch.inference_mode():
+        got = bf16(prefill)
+        assert got.dtype == torch.float32 and torch.equal(got, got.bfloat16().float())  # rounded to bfloat16
+        expected = prefill.bfloat16().float() @ weight.bfloat16().float().T + bias
+        torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+        assert not torch.equal(got, plain(prefill))
+        for x in (step, rows):  # one position a row (a decode step), or rows without positions: as before
+            assert torch.equal(bf16(x), plain(x))
+            assert torch.equal(bf16.call(x), plain.call(x))
+    assert "prefill in bfloat16" in repr(bf16) and "bfloat16" not in repr(plain)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_pack_linears_leaves_other_dtypes_and_subclasses_alone(kind):
     class MyLinear(torch.nn.Linear):
@@ -196,6 +220,34 @@ def test_local_backend_uses_packed_kernels_and_keeps_greedy_output(tmp_path):
         assert kernels == (want if want == "default" or fastpath.packed_kernels_available(want) else "default")
     assert runs[fastpath.FBGEMM_FP16] == runs[fastpath.ONEDNN_PACKED] == runs["default"]
     assert all(t.strip() for t in runs["default"])
+
+
+def _prefill_bf16_modules(model) -> list[bool]:
+    """For each packed linear of a loaded model: whether it multiplies prefills in bfloat16."""
+    return [m.prefill is not None for m in model.modules() if type(m).__name__ in ("PackedLinear", "HalfLinear")]
+
+
+@needs_bf16
+def test_bf16_prefill_is_the_default_on_a_bf16_cpu_and_its_switch_turns_it_off(tmp_path, monkeypatch):
+    from aigc.backends.base import GenerationRequest
+    from aigc.perplexity import load_lm
+
+    folder = _save_tiny(tmp_path / "m", positions=128)
+    requests = [GenerationRequest(prompt="w5 w6 w7 w8 w9", max_new_tokens=4, temperature=0.0)]
+    for fast, want in (({}, fastpath.BF16_PREFILL), ({"bf16_prefill": False}, fastpath.PLAIN_PREFILL),
+                       ({"prepack": False}, fastpath.PLAIN_PREFILL)):
+        backend = _backend(folder, fast, repetition_penalty=1.0)
+        assert backend.describe()["prefill"] == want  # asked for
+        assert backend.generate(requests)[0].text.strip()
+        assert backend.describe()["prefill"] == want  # in use
+        flags = _prefill_bf16_modules(backend.load()[0])
+        assert flags == [want == fastpath.BF16_PREFILL] * len(flags) and (flags or not fast.get("prepack", True))
+    model, _, _ = load_lm(str(folder))  # a measurement multiplies in float32
+    assert not any(_prefill_bf16_modules(model))
+    monkeypatch.setattr(kernels, "bf16_prefill_available", lambda: False)  # a CPU without bfloat16 instructions
+    backend = _backend(folder, {"fp16_weights": False}, repetition_penalty=1.0)  # a model not loaded yet
+    backend.generate(requests)
+    assert backend.describe()["prefill"] == fastpath.PLAIN_PREFILL and not any(_prefill_bf16_modules(backend.load()[0]))
 
 
 def test_float16_kernels_fall_back_to_onednn_where_fbgemm_is_missing(tmp_path, monkeypatch, caplog):

@@ -224,7 +224,7 @@ def test_model_loads_lazily_and_is_shared(tiny_gpt2):
     assert first.describe()["max_batch_size"] == "auto"
     second = create_backend("local", model=str(tiny_gpt2[0]), threads=1, device="cpu", dtype="float16")
     first.generate([greedy(PROMPTS[2], 2)])
-    assert (folder, "cpu", "float16", "default", "transformers") in loaded_models()
+    assert (folder, "cpu", "float16", "default", "transformers", "model dtype") in loaded_models()
     assert first.load()[0] is second.load()[0]
     info = second.describe()
     assert info["device"] == "cpu" and info["dtype"] == "float16"

@@ -127,9 +127,10 @@ class LocalBackend(Backend):
         if self._loaded is not None:
             applied = self._loaded.applied
             kernels, decode, cache_ok = applied["kernels"], applied["decode"], applied["cache_by_aigc"]
+            prefill = applied.get("prefill", fastpath_module.PLAIN_PREFILL)
         else:
             planned = fastpath_module.plan(fast, device, dtype)
-            kernels, decode, cache_ok = planned["kernels"], planned["decode"], True
+            kernels, decode, prefill, cache_ok = planned["kernels"], planned["decode"], planned["prefill"], True
         return {
             **super().describe(),
             "device": device,
@@ -137,6 +138,7 @@ class LocalBackend(Backend):
             "fast": not fast.is_off(),
             "kernels": kernels,
             "decode": decode,
+            "prefill": prefill,
             "share_prefix": fast.share_prefix and cache_ok,
             "reserve_cache": fast.reserve_cache and cache_ok,
             "max_batch_size": self._batch_size or "auto",
@@ -164,7 +166,7 @@ class LocalBackend(Backend):
         if self._loaded is None:
             path, device, dtype = self._model_path(), self._device(), self._dtype()
             planned = fastpath_module.plan(self._fast_path(), device, dtype)
-            key = (path, device, dtype, planned["kernels"], planned["decode"])
+            key = (path, device, dtype, planned["kernels"], planned["decode"], planned["prefill"])
             self._loaded = shared_model(key, lambda: self._load_fresh(path, device, dtype, planned))
         if self._batch_size is None:
             self._batch_size = auto_batch_size(self._loaded.model)
@@ -175,8 +177,8 @@ class LocalBackend(Backend):
         model, tokenizer = load_pretrained(path, device, dtype, self.options.threads)
         rows = min(self.options.max_batch_size or BATCH_CAP["cpu"], BATCH_CAP["cpu"])
         applied = fastpath_module.apply(model, planned, rows)
-        log.info("Loaded local model %s on %s (%s, %s kernels, %s decode step) in %.1f s", path, device, dtype,
-                 applied["kernels"], applied["decode"], time.perf_counter() - start)
+        log.info("Loaded local model %s on %s (%s, %s kernels, %s decode step, prefill in %s) in %.1f s", path, device,
+                 dtype, applied["kernels"], applied["decode"], applied["prefill"], time.perf_counter() - start)
         return LoadedModel(model, tokenizer, applied)
 
     # -- generation -----------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class _FusedLayer(NamedTuple):
     down_proj: Any  # a packed linear's ``call``
 
 
-def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) -> bool:
+def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED, prefill_bf16: bool = False) -> bool:
     """Give a Llama-family CPU float32 model aigc's own decode step; False (model untouched) if it cannot take one.
 
     Each layer's q/k/v projections become one pre-packed linear, and so do gate/up (at batch 16 the
@@ -116,6 +116,7 @@ def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) 
     whose projections read the fused products. The MLP's linears are packed as ``kind`` (see
     :func:`pack_linears`), whose ops this torch build must have; q/k/v, o and the output layer as
     oneDNN float32 where ``kind`` is float16 and oneDNN is there, else as ``kind`` too.
+    ``prefill_bf16``: the prefill's products in bfloat16 (see :func:`pack_many`).
     """
     reason = fused_decode_unsupported(model)
     if reason is None and not packed_kernels_available(kind):
@@ -136,7 +137,7 @@ def install_fused_decode(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) 
         attn, mlp = layer.self_attn, layer.mlp
         unpacked += [([attn.q_proj, attn.k_proj, attn.v_proj], other), (attn.o_proj, other),
                      ([mlp.gate_proj, mlp.up_proj], kind), (mlp.down_proj, kind)]
-    packed = iter(pack_many(unpacked, rows_hint))
+    packed = iter(pack_many(unpacked, rows_hint, prefill_bf16))
     if unpacked[0][0] is head:
         model.set_output_embeddings(next(packed))
     fused_layers = []

@@ -4,6 +4,11 @@ On a CPU, batched decoding of a small model spends most of its time in the linea
 general matrix multiply is slow for the few rows a decode step has (the 49,152-word output layer of
 SmolLM2 took 3x longer at 8 rows than oneDNN with the weight packed once). A float16 copy of the MLP's
 weights for fbgemm, which multiplies it in float32, halves the bytes those products read.
+
+A prompt's prefill is the other kind of work: hundreds of rows a product, bound by arithmetic, not by
+reading weights. On a CPU with bfloat16 dot-product instructions (AVX512-BF16, AMX) a bfloat16 copy of
+each weight, multiplied with the input rounded to bfloat16, does those products in about half the time
+(``prefill_bf16``); decode steps keep the float32/float16 kernels.
 """
 
 from __future__ import annotations
@@ -24,6 +29,21 @@ def mkldnn_linear_available() -> bool:
             torch.ops.mkldnn, "_reorder_linear_weight")
     except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
         return False
+
+
+@functools.cache
+def bf16_prefill_available() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and torch has oneDNN's packed linear ops.
+
+    Without those instructions oneDNN converts bfloat16 to float32 around float32 arithmetic: no faster.
+    """
+    import torch
+
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # pragma: no cover - an older torch
+        return False
+    return bool(native) and mkldnn_linear_available()
 
 
 @functools.cache
@@ -49,19 +69,34 @@ def packed_kernels_available(kind: str) -> bool:
     return mkldnn_linear_available() if kind == ONEDNN_PACKED else fbgemm_fp16_available()
 
 
+def _bf16_prefill_call(weight: Any, bias: Any) -> Any:
+    """The product ``x @ weight.T + bias`` in bfloat16 (weight reordered once for oneDNN), returned as float32."""
+    import torch
+
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16), 256)
+    op = torch.ops.mkldnn._linear_pointwise.default
+    return lambda x: op(x.to(torch.bfloat16), packed, bias, "none", [], "").float()
+
+
+def _many_positions(x: Any) -> bool:
+    """Whether ``x`` (batch, positions, features) holds more than one position a row: a prefill, not a decode step."""
+    return x.dim() == 3 and x.shape[1] > 1
+
+
 @functools.cache
 def _packed_linear_class(kind: str = ONEDNN_PACKED):
     """The module class that stands in for an ``nn.Linear`` with packed kernels of ``kind``.
 
     Its ``call`` attribute is the bare op with the packed weight bound (what :func:`_decode_step` calls,
-    without ``nn.Module`` dispatch).
+    without ``nn.Module`` dispatch). With ``prefill_bf16``, ``forward`` on more than one position a row
+    (a prefill) multiplies a bfloat16 copy of the weight instead (see :func:`bf16_prefill_available`).
     """
     import torch
 
     class PackedLinear(torch.nn.Module):
         """An ``nn.Linear`` (inference only) whose float32 weight is reordered once into oneDNN's blocked layout."""
 
-        def __init__(self, linear: torch.nn.Linear, rows_hint: int):
+        def __init__(self, linear: torch.nn.Linear, rows_hint: int, prefill_bf16: bool = False):
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
             weight = linear.weight.detach()
@@ -70,12 +105,16 @@ def _packed_linear_class(kind: str = ONEDNN_PACKED):
             self.bias = bias = None if linear.bias is None else linear.bias.detach()
             op = torch.ops.mkldnn._linear_pointwise.default
             self.call = lambda x: op(x, packed, bias, "none", [], "")
+            self.prefill = _bf16_prefill_call(weight, bias) if prefill_bf16 else None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.prefill is not None and _many_positions(x):
+                return self.prefill(x)
             return self.call(x)
 
         def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
+            bf16 = ", prefill in bfloat16" if self.prefill is not None else ""
+            return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN{bf16}"
 
     class HalfLinear(torch.nn.Module):
         """An ``nn.Linear`` (inference only) whose weight is kept as float16, packed for fbgemm, multiplied in float32.
@@ -85,7 +124,7 @@ def _packed_linear_class(kind: str = ONEDNN_PACKED):
         step reads half the bytes of float32 weights, and fbgemm's kernels are fast for a few rows.
         """
 
-        def __init__(self, linear: torch.nn.Linear, rows_hint: int = 0):
+        def __init__(self, linear: torch.nn.Linear, rows_hint: int = 0, prefill_bf16: bool = False):
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
             bias = None if linear.bias is None else linear.bias.detach().contiguous()
@@ -93,18 +132,26 @@ def _packed_linear_class(kind: str = ONEDNN_PACKED):
             self.packed_weight = packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().contiguous(), bias)
             op = torch.ops.quantized.linear_dynamic_fp16.default
             self.call = lambda x: op(x, packed)
+            self.prefill = _bf16_prefill_call(linear.weight.detach(), bias) if prefill_bf16 else None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.prefill is not None and _many_positions(x):
+                return self.prefill(x)
             return self.call(x)
 
         def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, float16 weights packed for fbgemm"
+            bf16 = ", prefill in bfloat16" if self.prefill is not None else ""
+            return (f"in_features={self.in_features}, out_features={self.out_features}, float16 weights packed for "
+                    f"fbgemm{bf16}")
 
     return HalfLinear if kind == FBGEMM_FP16 else PackedLinear
 
 
-def pack_many(items: Sequence[tuple[Any, str]], rows_hint: int) -> list[Any]:
+def pack_many(items: Sequence[tuple[Any, str]], rows_hint: int, prefill_bf16: bool = False) -> list[Any]:
     """Packed copies of ``(linear, kind)`` items: float16 ones on as many threads as torch uses.
+
+    ``prefill_bf16``: each also keeps a bfloat16 copy for prefills (see ``PackedLinear``); only where
+    :func:`bf16_prefill_available`.
 
     Each linear is an ``nn.Linear``, or a list of them to pack side by side (see :func:`side_by_side`;
     concatenated when its turn comes, so that only a few such copies exist at once).
@@ -116,9 +163,12 @@ def pack_many(items: Sequence[tuple[Any, str]], rows_hint: int) -> list[Any]:
     """
     import torch
 
+    prefill_bf16 = prefill_bf16 and bf16_prefill_available()
+
     def pack(item: tuple[Any, str]) -> Any:
         linear, kind = item
-        return _packed_linear_class(kind)(side_by_side(linear) if isinstance(linear, (list, tuple)) else linear, rows_hint)
+        return _packed_linear_class(kind)(side_by_side(linear) if isinstance(linear, (list, tuple)) else linear, rows_hint,
+                                          prefill_bf16)
 
     half = [i for i, (_, kind) in enumerate(items) if kind == FBGEMM_FP16]
     workers = min(len(half), torch.get_num_threads())
@@ -137,29 +187,31 @@ def pack_many(items: Sequence[tuple[Any, str]], rows_hint: int) -> list[Any]:
     return out
 
 
-def _replace_linears(model: Any, rows_hint: int, kind: str) -> int:
+def _replace_linears(model: Any, rows_hint: int, kind: str, prefill_bf16: bool = False) -> int:
     """Replace every float32 CPU ``nn.Linear`` (not a subclass) of ``model`` by its packed copy; return how many."""
     import torch
 
     found = [(module, name, child) for module in model.modules() for name, child in module.named_children()
              if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"]
-    for (module, name, _), packed in zip(found, pack_many([(child, kind) for _, _, child in found], rows_hint)):
+    for (module, name, _), packed in zip(found, pack_many([(child, kind) for _, _, child in found], rows_hint,
+                                                          prefill_bf16)):
         setattr(module, name, packed)
     return len(found)
 
 
-def pack_linears(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED) -> int:
+def pack_linears(model: Any, rows_hint: int, kind: str = ONEDNN_PACKED, prefill_bf16: bool = False) -> int:
     """Replace every float32 ``nn.Linear`` of a CPU model by a packed copy of ``kind``; return how many.
 
     ``kind``: :data:`ONEDNN_PACKED` (float32 weights in oneDNN's layout, the same results) or
     :data:`FBGEMM_FP16` (float16 weights, see ``HalfLinear``). For inference only (no gradients). The
     model's own parameters (the tied embedding among them) stay as they are, so the packed copy of a
     tied output layer costs its size in memory once more (half of it with float16 weights).
+    ``prefill_bf16``: see :func:`pack_many`.
     """
     if not packed_kernels_available(kind):
         log.info("%s linear ops are not in this torch build; using plain nn.Linear", kind)
         return 0
-    return _replace_linears(model, rows_hint, kind)
+    return _replace_linears(model, rows_hint, kind, prefill_bf16)
 
 
 def side_by_side(linears: Sequence[Any]) -> Any:
