@@ -250,6 +250,9 @@ class CitationReport:
     supported: int = 0
     #: Markers aigc added to sentences the model left uncited (``attribute=True``); not in markers/supported.
     attributed: int = 0
+    #: Sentences whose every marker the model wrote was removed, cited by aigc instead to the passage that
+    #: supports them (``attribute=True``); their markers stay counted as unsupported in markers/supported.
+    retargeted: int = 0
     removed: list[dict[str, Any]] = field(default_factory=list)
     unsupported_claims: list[dict[str, Any]] = field(default_factory=list)
     used: list[int] = field(default_factory=list)
@@ -280,6 +283,7 @@ class CitationReport:
             out.markers += r.markers
             out.supported += r.supported
             out.attributed += r.attributed
+            out.retargeted += r.retargeted
             out.removed += r.removed
             out.unsupported_claims += r.unsupported_claims
         return out
@@ -305,7 +309,10 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
     ``passage_vectors``: the passages' embeddings when at hand (``Index.vectors_for(passages)``).
     ``attribute``: a sentence the model left uncited that states a name or number gets a marker from
     aigc, for its best passage, when that passage clears :data:`ATTRIBUTE_SIMILARITY` and ``entity_share``
-    (counted in ``attributed``, apart from the model's own markers).
+    (counted in ``attributed``, apart from the model's own markers); a sentence the model cited, all of
+    whose markers were removed, gets a marker for its best passage when that passage passes the test a
+    model's marker passes (``similarity``, ``entity_share``): the model named the wrong note (counted in
+    ``retargeted``; its removed markers stay counted as unsupported, with ``retargeted_to``).
     """
     from aigc.embeddings import cosine, embed
 
@@ -355,6 +362,7 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
         kept_any = False
         pieces: list[str] = []
         cursor = a
+        removed_before = len(report.removed)
         for m in MARKER.finditer(text, a, b):
             keep = []
             for n in marker_numbers(m.group(1)):
@@ -378,6 +386,15 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
             used.update(keep)
         pieces.append(text[cursor:b])
         sentence = "".join(pieces)
+        if not kept_any and attribute and passages:  # the model cited the wrong note: cite the one that supports it
+            best = int(np.argmax(sims[row])) + 1
+            if sims[row, best - 1] >= similarity and share_in(names | numbers, best) >= entity_share:
+                sentence = _attribute(MARKER.sub("", sentence), best)
+                for removed in report.removed[removed_before:]:
+                    removed["retargeted_to"] = best
+                report.retargeted += 1
+                used.add(best)
+                kept_any = True
         # "Moscow. [2]." (markers between two full stops) -> "Moscow [2]."; with [2] removed -> "Moscow."
         sentence = re.sub(r"([.!?])\s*((?:\[[\d,;\s–-]+\])*)\s*[.!?]\s*$",
                           lambda m: (" " + m.group(2) if m.group(2) else "") + m.group(1), sentence)

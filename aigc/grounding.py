@@ -295,7 +295,8 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The article's citation report from its sections' (``CitationReport.to_dict()``) reports."""
     from aigc.citations import CitationReport
 
-    keys = ("sentences", "cited_sentences", "markers", "supported", "attributed", "removed", "unsupported_claims")
+    keys = ("sentences", "cited_sentences", "markers", "supported", "attributed", "retargeted", "removed",
+            "unsupported_claims")
     merged = CitationReport.merge([CitationReport(**{k: r[k] for k in keys if k in r}) for r in reports])
     data = merged.to_dict()
     data.pop("used", None)
@@ -363,7 +364,7 @@ def evaluation_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {"citation_support_rate": report.get("support_rate"), "cited_share": report.get("cited_share"),
             "unsupported_claims": len(report.get("unsupported_claims", ())),
             "citation_markers_removed": report.get("markers_removed"),
-            "citations_attributed": report.get("attributed", 0)}
+            "citations_attributed": report.get("attributed", 0), "citations_retargeted": report.get("retargeted", 0)}
 
 
 def strip_markers(text: str) -> str:

@@ -178,7 +178,8 @@ def write_articles(data: Path, corpus_dir: Path, limit: int, sections: int, root
                 "seconds": round(seconds, 1), "timings": record.get("timings"), "words": record.get("body_words"),
                 "entity_recall": entity_recall(text, reference),
                 "citations": {k: c.get(k) for k in ("markers", "supported", "support_rate", "sentences",
-                                                    "cited_sentences", "cited_share", "markers_removed")} if c else None,
+                                                    "cited_sentences", "cited_share", "markers_removed", "attributed",
+                                                    "retargeted")} if c else None,
                 "unsupported_claims": len(c.get("unsupported_claims", ())) if c else None,
                 "references": len(record.get("references", ())),
                 "own_article_cited": sum(Path(r["document"]).name == Path(t["file"]).name
@@ -206,6 +207,8 @@ def summarize_articles(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["support_rate"] = round(sum(c.get("supported") or 0 for c in cites) / markers, 3) if markers else None
     out["cited_share"] = mean([c.get("cited_share") for c in cites])
     out["markers"] = markers
+    out["attributed"] = sum(c.get("attributed") or 0 for c in cites)
+    out["retargeted"] = sum(c.get("retargeted") or 0 for c in cites)
     out["unsupported_claims_per_article"] = mean([r["grounded"]["unsupported_claims"] for r in rows])
     out["time_ratio"] = mean([r["time_ratio"] for r in rows])
     return out
@@ -237,7 +240,9 @@ def markdown(results: dict[str, Any]) -> str:
         for label in ("plain", "grounded"):
             lines.append(f"| {label} | {sm[label + '_recall']} | {sm[label + '_names_recall']} | "
                          f"{sm[label + '_numbers_recall']} | {sm[label + '_seconds']} |")
-        lines += ["", f"Citations: support rate {sm['support_rate']} ({sm['markers']} markers), share of sentences "
+        lines += ["", f"Citations: support rate {sm['support_rate']} ({sm['markers']} markers of the model's; "
+                  f"{sm.get('retargeted', 0)} sentences cited to another note, {sm.get('attributed', 0)} by aigc), "
+                  f"share of sentences "
                   f"cited {sm['cited_share']}, unsupported claims per article {sm['unsupported_claims_per_article']}; "
                   f"time ratio grounded/plain {sm['time_ratio']}", ""]
         for r in arts["articles"]:

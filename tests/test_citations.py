@@ -153,6 +153,23 @@ def test_attribution_cites_an_uncited_sentence_its_passage_clearly_supports(bag_
     assert unchanged == text and off.attributed == 0 and off.cited_sentences == 0
 
 
+def test_a_sentence_citing_the_wrong_note_is_cited_to_the_note_that_supports_it(bag_embed):
+    text = ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day [1]. "
+            "Sourdough bread rises with wild yeast [2].")
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD], attribute=True)
+    assert cleaned == ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day [2]. "
+                       "Sourdough bread rises with wild yeast [3].")
+    assert (report.markers, report.supported, report.retargeted, report.attributed) == (2, 0, 2, 0)
+    assert report.to_dict()["support_rate"] == 0.0  # the model's markers as written
+    assert [r["retargeted_to"] for r in report.removed] == [2, 3] and report.used == [2, 3]
+    assert report.cited_sentences == 2
+    # no note supports it: the marker goes and nothing replaces it; without attribute: only removed
+    cleaned, report = check_citations("Bread is nice in Paris [1].", [BOMBING, BREAD], attribute=True)
+    assert cleaned == "Bread is nice in Paris." and report.retargeted == 0 and "retargeted_to" not in report.removed[0]
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert "[" not in cleaned and report.retargeted == 0
+
+
 @pytest.mark.slow
 def test_real_embeddings_support_a_paraphrase_and_reject_an_unrelated_citation():
     text = ("A bombing on Istiklal Avenue in Istanbul killed 6 people on 13 November 2022 [1]. "
