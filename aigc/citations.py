@@ -240,6 +240,29 @@ def _markers_join_previous(text: str, spans: list[tuple[int, int]]) -> list[tupl
     return out
 
 
+_LEADING_MARKERS = re.compile(r"^([ \t]*)((?:\[\d{1,4}(?:\s*[,;–-]\s*\d{1,4})*\][ \t]*)+)(?=\S)")
+
+
+def leading_markers_moved(text: str) -> str:
+    """Text whose paragraphs no longer open with markers: "[1] A bomb exploded. Next." -> "A bomb exploded [1].
+    Next." (a small model copies the notes' "[1] text" layout; the marker cites the sentence it opens)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = _LEADING_MARKERS.match(line)
+        if m and not _HEADING_LINE.match(line):
+            rest = line[m.end():]
+            body = rest.rstrip("\n")
+            end = next((e.end() for e in _SENTENCE_END.finditer(body)), len(body.rstrip()))
+            sentence = body[:end]
+            tail = re.search(r"[.!?。！？]+[\"'”’)」』）]*\s*$", sentence)
+            cut = tail.start() if tail else len(sentence.rstrip())
+            marks, before = "".join(m.group(2).split()), sentence[:cut].rstrip()
+            space = "" if before and ord(before[-1]) >= 0x2E80 else " "  # none after Chinese or Japanese
+            line = f"{m.group(1)}{before}{space}{marks}{sentence[cut:]}{rest[end:]}"
+        out.append(line)
+    return "".join(out)
+
+
 @dataclass
 class CitationReport:
     """What :func:`check_citations` found; ``to_dict()`` goes into the article record."""
@@ -317,6 +340,7 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
     from aigc.embeddings import cosine, embed
 
     report = CitationReport()
+    text = leading_markers_moved(text)
     spans = sentence_spans(text)
     report.sentences = len(spans)
     if not spans:

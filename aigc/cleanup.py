@@ -21,6 +21,9 @@ _META_SENTENCE = re.compile(
     r"|(?:i'm|i am) ready\b|please (?:go ahead|let me know|provide)\b|let me know\b)",
     re.I,
 )
+#: A "sentence" that is one function word and a full stop ("... his case. The. In June ..."): a broken start.
+_FRAGMENT = re.compile(r"^\s*(?:the|a|an|and|but|or|of|to|in|on|at|for|with|this|that|these|it|as|by)\s*[.!?]\s*$",
+                       re.I)
 _OUTRO = re.compile(r"^\s*(?:i hope (?:this|that)|let me know|feel free to|hope this helps|希望(?:这|以上|本文))", re.I)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*]{1,100}\*\*:?|(?:section|part)\s+\w+\s*[:.\-–—].*)\s*$", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•+]|\d{1,2}[.)])\s+")
@@ -154,14 +157,14 @@ def _balance_quotes(paragraph: str) -> str:
 
 
 def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
-    """Drop sentences seen before (anywhere in the section) and loops of a repeated phrase."""
+    """Drop sentences seen before (anywhere in the section), broken starts ("The.") and loops of a repeated phrase."""
     seen: set[str] = set()
     out = []
     for para in paragraphs:
         sentences = []
         for s in split_sentences(para):
             key = _norm(s)
-            if not key or key in seen or _META_SENTENCE.match(s):
+            if not key or key in seen or _META_SENTENCE.match(s) or _FRAGMENT.match(s):
                 continue
             seen.add(key)
             sentences.append(_cut_phrase_loop(s))

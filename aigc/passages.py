@@ -176,15 +176,21 @@ def split_markdown(text: str, *, document: str, link: str | None = None, title: 
                    where: str = "lines") -> list[Passage]:
     """Passages of a Markdown/plain text: split on headings, then packed paragraphs (see :func:`pack`).
 
-    ``location`` is the heading path and the line range (``where="lines"``) or none (``where=""``).
+    ``location`` is the heading path and the line range (``where="lines"``) or none (``where=""``); the
+    pieces of a paragraph too long for one passage say which part they are ("line 10, part 2").
     """
     out = []
     for headings, paragraphs in markdown_sections(text):
         heading = " > ".join(headings)
-        for body, first, last in pack(paragraphs, min_words=min_words, max_words=max_words):
-            if _words(body) < TINY_WORDS:
-                continue
-            span = (f"line {first}" if first == last else f"lines {first}-{last}") if where == "lines" else ""
+        packed = [(body, first, last) for body, first, last in pack(paragraphs, min_words=min_words, max_words=max_words)
+                  if _words(body) >= TINY_WORDS]
+        spans = [(f"line {first}" if first == last else f"lines {first}-{last}") if where == "lines" else ""
+                 for _, first, last in packed]
+        parts: dict[str, int] = {}
+        for (body, _, _), span in zip(packed, spans):
+            if span and spans.count(span) > 1:  # pieces of one long paragraph: "line 10, part 2"
+                parts[span] = parts.get(span, 0) + 1
+                span = f"{span}, part {parts[span]}"
             location = ", ".join(p for p in (heading, span) if p) or "whole"
             out.append(Passage(text=body, document=document, location=location, link=link, title=title,
                                heading=heading, hash=text_hash(body)))

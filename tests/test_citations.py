@@ -153,6 +153,19 @@ def test_attribution_cites_an_uncited_sentence_its_passage_clearly_supports(bag_
     assert unchanged == text and off.attributed == 0 and off.cited_sentences == 0
 
 
+def test_a_paragraph_opening_with_a_marker_cites_its_first_sentence(bag_embed):
+    from aigc.citations import leading_markers_moved
+
+    text = ("[1] A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people. Then quiet.\n\n"
+            "[3][2] Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day\n## [1] Heading")
+    cleaned, report = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert cleaned == ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people [1]. "
+                       "Then quiet.\n\nPolice arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next "
+                       "day [2]\n## [1] Heading")
+    assert (report.markers, report.supported) == (3, 2)
+    assert leading_markers_moved("[2] 芬迪湾潮差最大。后来。") == "芬迪湾潮差最大[2]。后来。"
+
+
 def test_a_sentence_citing_the_wrong_note_is_cited_to_the_note_that_supports_it(bag_embed):
     text = ("Police arrested Ahlam Albashir, a Syrian woman, and 46 other suspects the next day [1]. "
             "Sourdough bread rises with wild yeast [2].")

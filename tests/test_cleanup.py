@@ -27,6 +27,12 @@ def test_repeated_sentences_and_phrase_loops_are_cut():
     assert body.count("more trees") <= 3
 
 
+def test_a_broken_start_of_one_function_word_is_dropped():
+    text = "The court declined to hear his case. The. In June 2022, an MP asked for money. A. The end is near."
+    assert clean_section(text, title="X") == ("The court declined to hear his case. In June 2022, an MP asked for "
+                                              "money. The end is near.")
+
+
 def test_text_cut_by_the_token_limit_ends_on_a_sentence():
     assert clean_section("One full sentence. Another one that was cut", title="t", truncated=True) == "One full sentence."
     assert trim_to_sentence('He said "yes." Then') == 'He said "yes."'

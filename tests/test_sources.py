@@ -72,6 +72,9 @@ def test_long_sections_are_packed_into_bounded_passages_without_losing_text():
     assert max(sizes) <= MAX_WORDS and min(sizes[:-1]) >= 100
     assert sum(sizes) == 12 * 40 + 500  # every word kept, none twice
     assert " ".join(p.text for p in passages).split() == text.split()[2:]
+    long_para = [p.location for p in passages if "long" in p.text and "p11" not in p.text]
+    assert len(long_para) >= 2 and len(set(long_para)) == len(long_para)  # pieces of one paragraph told apart
+    assert long_para[0] == "Topic, line 27, part 1" and long_para[1] == "Topic, line 27, part 2"
 
 
 def test_pack_joins_a_short_remainder_to_the_passage_before():
