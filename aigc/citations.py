@@ -430,7 +430,7 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
         report.cited_sentences += kept_any
     out.append(text[last:])
     report.used = sorted(used)
-    return "".join(out), report
+    return re.sub(r"(?m)^[ \t]+(?=\S)", "", "".join(out)), report  # no paragraph opens with a space
 
 
 # ---------------------------------------------------------------- one numbering per article

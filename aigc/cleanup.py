@@ -34,10 +34,12 @@ _L = f"[^\\W{CJK_RANGES}]"
 WORD = re.compile(f"[{CJK_RANGES}]|{_L}(?:(?:{_L}|['’-])*{_L})?")
 _NORM_WORD = WORD  # for comparing lines, not for counting
 #: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
-#: "[Insert_Content]", "[Insert your opening paragraph]" (an instruction left in brackets; "[Your Name]" in a
+#: "[Insert_Content]", "[Insert your opening paragraph]", "[note: note added]" (an instruction or note left in
+#: brackets; "[Your Name]" in a
 #: letter stays, for the writer to fill in), and the prompt's "<<<" / ">>>" delimiters echoed.
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?"
-                          r"|\[(?:insert|add|include|enter|write|put|fill\s+in)\b[^\]\n]{0,80}\]\s*(?:\.{2,}\s*)?"
+                          r"|\[(?:insert|add|include|enter|write|put|fill\s+in|note|editor'?s\s+note)\b[^\]\n]{0,80}\]"
+                          r"\s*(?:\.{2,}\s*)?"
                           r"|<{3,}|>{3,}", re.I)
 
 
@@ -125,6 +127,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
             continue
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     joined = _PLACEHOLDER.sub("", "\n".join(kept))
+    joined = re.sub(r"[ \t]+(?=[.,;:!?](?:\s|$))", "", joined)  # "an officer [note: added] ." -> "an officer."
     joined = re.sub(r"\.{4,}", "...", joined)
     paragraphs = [join_text(p.split()) for p in re.split(r"\n\s*\n", joined)]
     paragraphs = [p for p in paragraphs if p]
@@ -156,9 +159,35 @@ def _balance_quotes(paragraph: str) -> str:
     return _capitalize(p)
 
 
+#: A sentence of at least NEAR_MIN_WORDS words whose words overlap an earlier one's this much (Jaccard) repeats it
+#: ("... when the court had to evacuate" and "... when Elizabeth II's court had to evacuate": 0.89).
+NEAR_DUPLICATE = 0.8
+NEAR_MIN_WORDS = 8
+
+
+def word_set(sentence: str) -> set[str]:
+    """A sentence's words for :func:`near_duplicate`, [n] markers left out (none for Chinese or Japanese: characters
+    overlap too readily)."""
+    if _CJK.search(sentence):
+        return set()
+    return set(_norm(re.sub(r"\[\d[\d,;\s–-]*\]", " ", sentence)).split())  # citation markers are no words
+
+
+def near_duplicate(words_of: set[str], earlier: Sequence[set[str]]) -> bool:
+    """Whether a sentence's word set (of NEAR_MIN_WORDS or more) overlaps one of ``earlier`` by NEAR_DUPLICATE with
+    the same numbers ("the population was 1.2 million in 2019" and "... in 2020" state two facts)."""
+    if len(words_of) < NEAR_MIN_WORDS:
+        return False
+    return any(len(words_of & e) >= NEAR_DUPLICATE * len(words_of | e)
+               and not any(w[0].isdigit() for w in words_of ^ e)
+               for e in earlier if len(e) >= NEAR_MIN_WORDS)
+
+
 def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
-    """Drop sentences seen before (anywhere in the section), broken starts ("The.") and loops of a repeated phrase."""
+    """Drop sentences seen before, or nearly (anywhere in the section), broken starts ("The.") and loops of a
+    repeated phrase."""
     seen: set[str] = set()
+    word_sets: list[set[str]] = []
     out = []
     for para in paragraphs:
         sentences = []
@@ -166,7 +195,11 @@ def _dedupe_sentences(paragraphs: list[str]) -> list[str]:
             key = _norm(s)
             if not key or key in seen or _META_SENTENCE.match(s) or _FRAGMENT.match(s):
                 continue
+            ws = word_set(s)
+            if near_duplicate(ws, word_sets):
+                continue
             seen.add(key)
+            word_sets.append(ws)
             sentences.append(_cut_phrase_loop(s))
         if sentences:
             out.append(join_text(sentences))

@@ -176,6 +176,8 @@ def unusable_reason(title: str) -> str | None:
     if re.fullmatch(r"\[[^\]]*\]", title.strip()) or re.search(r"(?i)\[(?:add|insert|include|your|enter|title|name|"
                                                                r"list|use|write)\b", title):
         return "a placeholder in brackets"  # "[Add a postscript starting with P.S.]" (not "[Terrorist] report")
+    if re.search(r"(?i)\b\d+\s*(?:pages?|words?|paragraphs?|sentences?)\b", title):
+        return "a length, not a title"  # "[Length] - 5 pages", "Introduction (200 words)"
     return None
 
 

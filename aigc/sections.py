@@ -7,7 +7,7 @@ import math
 from typing import Callable, Sequence
 
 from aigc.backends.base import Backend, GenerationRequest, generate_with_prefill
-from aigc.cleanup import _norm, clean_section, fit_length, join_text, split_sentences, words
+from aigc.cleanup import _norm, clean_section, fit_length, join_text, near_duplicate, split_sentences, word_set, words
 from aigc.quality import drop_preamble
 from aigc.spec import LENGTH_SLACK, STEP_WORDS, TOKENS_PER_CHARACTER, TOKENS_PER_WORD, ArticleSpec
 from aigc.templates import TemplateStore
@@ -166,12 +166,19 @@ def continuation_request(spec: ArticleSpec, titles: Sequence[str], i: int, body:
 
 
 def _new_text(body: str, addition: str) -> str:
-    """The paragraphs of ``addition`` without the sentences ``body`` already has (a model that repeats itself)."""
+    """The paragraphs of ``addition`` without the sentences ``body`` already has, or nearly (a model that repeats
+    itself)."""
     seen = {_norm(s) for p in body.split("\n\n") for s in split_sentences(p)}
+    word_sets = [word_set(s) for p in body.split("\n\n") for s in split_sentences(p)]
     paragraphs = []
     for para in addition.split("\n\n"):
-        fresh = [s for s in split_sentences(para) if _norm(s) not in seen]
-        seen |= {_norm(s) for s in fresh}
+        fresh = []
+        for s in split_sentences(para):
+            key = _norm(s)
+            if key not in seen and not near_duplicate(word_set(s), word_sets):
+                fresh.append(s)
+                seen.add(key)
+                word_sets.append(word_set(s))
         if fresh:
             paragraphs.append(join_text(fresh))
     return "\n\n".join(paragraphs)

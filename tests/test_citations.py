@@ -164,6 +164,8 @@ def test_a_paragraph_opening_with_a_marker_cites_its_first_sentence(bag_embed):
                        "day [2]\n## [1] Heading")
     assert (report.markers, report.supported) == (3, 2)
     assert leading_markers_moved("[2] 芬迪湾潮差最大。后来。") == "芬迪湾潮差最大[2]。后来。"
+    cleaned, _ = check_citations("Intro line.\n\n [9] Bread is nice. More.", [BREAD])
+    assert cleaned == "Intro line.\n\nBread is nice. More."  # the impossible marker goes, no space opens the line
 
 
 def test_a_sentence_citing_the_wrong_note_is_cited_to_the_note_that_supports_it(bag_embed):

@@ -27,6 +27,24 @@ def test_repeated_sentences_and_phrase_loops_are_cut():
     assert body.count("more trees") <= 3
 
 
+def test_a_sentence_nearly_repeating_an_earlier_one_is_dropped_parallel_facts_stay():
+    from aigc.sections import _new_text
+
+    text = ("The court had to evacuate Westminster Hall during the evening because of the lying in state. "
+            "It was reported by an officer [note: note added] .\n\n"
+            "The court had to evacuate Westminster Hall during the evening because of her lying in state [2]. "
+            "In 2019, the company earned $5 million in revenue from its sales of bread abroad. "
+            "In 2020, the company earned $7 million in revenue from its sales of bread abroad.")
+    assert clean_section(text, title="x") == (
+        "The court had to evacuate Westminster Hall during the evening because of the lying in state. It was "
+        "reported by an officer.\n\nIn 2019, the company earned $5 million in revenue from its sales of bread abroad. "
+        "In 2020, the company earned $7 million in revenue from its sales of bread abroad.")
+    body = "In 2019, the firm earned five million dollars in revenue from its sales abroad."
+    assert _new_text(body, "In 2019 the firm earned five million dollars in revenue from its many sales abroad. "
+                           "Then it grew.") == "Then it grew."
+    assert clean_section("城市热岛效应使城市比郊区更热。城市热岛效应使城市比郊区更热吗？", title="x").count("城市") == 4
+
+
 def test_a_broken_start_of_one_function_word_is_dropped():
     text = "The court declined to hear his case. The. In June 2022, an MP asked for money. A. The end is near."
     assert clean_section(text, title="X") == ("The court declined to hear his case. In June 2022, an MP asked for "
