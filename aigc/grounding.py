@@ -31,10 +31,12 @@ SECTION_PASSAGE_WORDS = 55
 #: Each section's passages are spread over the article: taken from its best SPREAD_DEPTH x SECTION_PASSAGES hits.
 SPREAD_DEPTH = 3
 #: A section candidate's score (0-100, aigc.quality) gains up to CITED_POINTS points for the share of its
-#: sentences that keep a supported citation, and loses up to REMOVED_POINTS for the share of its markers that
-#: had to be removed: with sources, text that cites its passages correctly wins over text that does not.
+#: sentences that keep a supported citation, loses up to REMOVED_POINTS for the share of its markers that
+#: had to be removed and up to UNSUPPORTED_POINTS for the share of its sentences naming a thing or number
+#: found in no passage: with sources, text that cites its passages correctly and invents less wins.
 CITED_POINTS = 20.0
 REMOVED_POINTS = 10.0
+UNSUPPORTED_POINTS = 10.0
 
 
 def _indexes(specs: Sequence[ArticleSpec], progress: Callable[[str, int, int, str], None] | None = None
@@ -234,13 +236,7 @@ class SectionSources:
         """Points added to each candidate's score of section ``i`` of article ``a`` (None without sources)."""
         if self.passages[a] is None:
             return None
-        points = []
-        for body in bodies:
-            _, report = self.check(a, i, body)
-            cited = report.cited_share or 0.0
-            removed = report.markers_removed / report.markers if report.markers else 0.0
-            points.append(round(CITED_POINTS * cited - REMOVED_POINTS * removed, 3))
-        return points
+        return [candidate_points(self.check(a, i, body)[1]) for body in bodies]
 
     def finish(self, a: int, sections: list[dict]) -> list[dict]:
         """Article ``a``'s sections with their citations checked: body cleaned, ``passages`` and ``citations`` added."""
@@ -269,6 +265,14 @@ class SectionSources:
 
 def _web_link(link: str | None) -> str | None:
     return link if isinstance(link, str) and re.match(r"https?://", link) else None
+
+
+def candidate_points(report: Any) -> float:
+    """Points a section candidate's :class:`aigc.citations.CitationReport` adds to its score (see CITED_POINTS)."""
+    cited = report.cited_share or 0.0
+    removed = report.markers_removed / report.markers if report.markers else 0.0
+    invented = len(report.unsupported_claims) / report.sentences if report.sentences else 0.0
+    return round(CITED_POINTS * cited - REMOVED_POINTS * removed - UNSUPPORTED_POINTS * invented, 3)
 
 
 def number_citations(sections: Sequence[dict]) -> tuple[list[dict], list[dict], dict[str, Any]]:

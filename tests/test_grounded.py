@@ -168,6 +168,17 @@ def test_candidates_prefer_supported_citations(corpus, tmp_path):
     assert "deepest lake" not in (result.folder / "article.md").read_text()
 
 
+def test_a_candidate_that_invents_names_and_numbers_scores_lower():
+    from aigc.citations import CitationReport
+    from aigc.grounding import CITED_POINTS, UNSUPPORTED_POINTS, candidate_points
+
+    honest = CitationReport(sentences=4, cited_sentences=2, markers=2, supported=2)
+    inventive = CitationReport(sentences=4, cited_sentences=2, markers=2, supported=2,
+                               unsupported_claims=[{"sentence": "Born in Paris in 1492.", "missing": ["1492", "paris"]}])
+    assert candidate_points(honest) == CITED_POINTS / 2
+    assert candidate_points(inventive) == CITED_POINTS / 2 - UNSUPPORTED_POINTS / 4
+
+
 class UncitingFake(FakeBackend):
     """The fake model, except that a section states the Fundy passage's facts and another fact, citing nothing."""
 
