@@ -127,6 +127,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
             continue
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     joined = _PLACEHOLDER.sub("", "\n".join(kept))
+    joined = _drop_labels(joined, [title, *other_titles])
     joined = re.sub(r"[ \t]+(?=[.,;:!?](?:\s|$))", "", joined)  # "an officer [note: added] ." -> "an officer."
     joined = re.sub(r"\.{4,}", "...", joined)
     paragraphs = [join_text(p.split()) for p in re.split(r"\n\s*\n", joined)]
@@ -136,6 +137,16 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     if truncated or (body and not _SENTENCE_END.search(body[-3:] + " ")):
         body = trim_to_sentence(body)
     return body.strip()  # each paragraph already starts with a capital (_balance_quotes)
+
+
+def _drop_labels(text: str, titles: Sequence[str]) -> str:
+    """Text without the labels a small model puts before its sentences: an outline title or "Note 1" and a colon
+    ("Overview: The city ... Climate and Tourism: Located on ..." -> "The city ... Located on ...")."""
+    names = sorted({t.strip() for t in titles if t and t.strip()}, key=len, reverse=True)
+    label = "|".join([re.escape(t) for t in names] + [r"notes?(?:\s+\d{1,2})?"])
+    pattern = re.compile(rf"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:{label})[ \t]*:[ \t]+(\S)",
+                         re.I | re.M)
+    return pattern.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 def _capitalize(text: str) -> str:

@@ -45,6 +45,14 @@ def test_a_sentence_nearly_repeating_an_earlier_one_is_dropped_parallel_facts_st
     assert clean_section("城市热岛效应使城市比郊区更热。城市热岛效应使城市比郊区更热吗？", title="x").count("城市") == 4
 
 
+def test_outline_titles_and_notes_as_labels_before_sentences_are_dropped():
+    text = ("Overview: the city of Tartus is a port. Climate and Tourism: Located on the coast [1]. Geography: It lies "
+            "north.\n\nNote 1: The historic centre is old. The ratio: 3 to 1 is common. Notes: more here.")
+    assert clean_section(text, title="Overview", other_titles=["Climate and Tourism", "Geography"]) == (
+        "The city of Tartus is a port. Located on the coast [1]. It lies north.\n\nThe historic centre is old. "
+        "The ratio: 3 to 1 is common. More here.")
+
+
 def test_a_broken_start_of_one_function_word_is_dropped():
     text = "The court declined to hear his case. The. In June 2022, an MP asked for money. A. The end is near."
     assert clean_section(text, title="X") == ("The court declined to hear his case. In June 2022, an MP asked for "
