@@ -178,6 +178,11 @@ def unusable_reason(title: str) -> str | None:
         return "a placeholder in brackets"  # "[Add a postscript starting with P.S.]" (not "[Terrorist] report")
     if re.search(r"(?i)\b\d+\s*(?:pages?|words?|paragraphs?|sentences?)\b", title):
         return "a length, not a title"  # "[Length] - 5 pages", "Introduction (200 words)"
+    if re.fullmatch(r"(?i)\s*(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|other"
+                    r"|\d{1,2}(?:st|nd|rd|th)?)(?:\s+(?:part|section|chapter|point|paragraph|one|topic|heading))?"
+                    r"|\s*(?:part|section|chapter|point|topic|heading)\s+(?:\d{1,2}|one|two|three|four|five|six|seven|eight"
+                    r"|nine|ten)\s*", title):
+        return "a place in the outline, not a title"  # "The second part", "The fourth", "Section 3"
     return None
 
 

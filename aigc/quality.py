@@ -63,7 +63,8 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         # an assistant offering its services: "I'd be happy to help you with...", "...benefit from my assistance"
         r"|\bi(?:'d|’d|\s+would)\s+be\s+(?:happy|glad|delighted)\s+to\s+help\b|\bmy\s+assistance\b"
         r"|\bplease\s+go\s+ahead\s+and\s+(?:share|provide|send|tell)\b"
-        r"|\bif\s+you\s+have\s+any\s+(?:other\s+|more\s+|further\s+)?questions\b|\banything\s+else\s+(?:i\s+can|you\s+need)\b",
+        r"|\bif\s+you\s+have\s+any\s+(?:other\s+|more\s+|further\s+)?questions\b|\banything\s+else\s+(?:i\s+can|you\s+need)\b"
+        r"|^\s*here\s+goes\b|^\s*this\s+is\s+(?:just\s+)?(?:one|an)\s+example\s*[.!]?\s*$",
         re.I)),
     # "In this section, we will explore...", "In this piece you see..." (not "in this part of the river")
     ("in_this_part", re.compile(
@@ -108,7 +109,8 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\b(?:active|passive)\s+voice\b|\btransitional\s+(?:words?|phrases?|markers?)\b|\bopening\s+sentence\b"
         r"|\bword\s+count\b|\bsentence\s+flow\b|\bmade\s+(?:these|the\s+following|some|a\s+few)\s+changes\b"
         r"|\b(?:rewrote|rephrased|reorganized|reorganised)\s+(?:the|this|your|it)\b"
-        r"|\b(?:concludes|ends|opens|closes|starts|begins)\s+the\s+(?:paragraph|article|essay|piece|post|text)\b",
+        r"|\b(?:concludes|ends|opens|closes|starts|begins)\s+the\s+(?:paragraph|article|essay|piece|post|text)\b"
+        r"|\bedit\s+(?:this|the)\s+(?:text|paragraph|draft)\b|\bediting\s+style\b",
         re.I)),
     # "Here's your chance to showcase how you can tackle...", "you will learn", "read on"
     ("reader_task", re.compile(
@@ -119,7 +121,10 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\bas\s+(?:a|the)\s+reader\b|\b(?:this|the\s+(?:above|following))\s+(?:prompt|instructions?)\b"
         r"|\bthe\s+(?:above|following)\s+task\b"
         # the request's instructions echoed: "In your response, please use all caps." (not "your response" in a letter)
-        r"|\bin\s+your\s+(?:response|answer|reply)\s*,|\byour\s+(?:response|answer)\s+should\b",
+        r"|\bin\s+your\s+(?:response|answer|reply)\s*,|\byour\s+(?:response|answer)\s+should\b"
+        # a length instruction echoed: "make sure it has no less than 10 sentences"
+        r"|\b(?:has|have|contains?|write|use|keep)\s+(?:no\s+(?:less|more|fewer)\s+than|at\s+least|at\s+most)\s+\d+\s+"
+        r"(?:sentences|paragraphs)\b",
         re.I)),
     # with sources: "The source documents cover...", "The notes above say", "note [1] is the first one"
     ("about_the_sources", re.compile(

@@ -170,6 +170,9 @@ def test_title_form_and_tidying():
     assert unusable_reason("Tips for [Insert the name of the tool]") == "a placeholder in brackets"
     assert unusable_reason("[Length] - 5 pages") == unusable_reason("Introduction (200 words)") == "a length, not a title"
     assert unusable_reason("The 1,000 days of the siege") is None
+    for place in ("The second part", "The fourth", "Section 3", "next section", "Part two"):
+        assert unusable_reason(place) == "a place in the outline, not a title", place
+    assert unusable_reason("The Second World War") is None and unusable_reason("Fourth of July") is None
     assert tidy_title("3. The Life of Batterbee: Unlikely Hero (Title 3)") == "The Life of Batterbee: Unlikely Hero"
     assert tidy_title("The Power of Silence: How the voice speaks louder than words alone") == "The Power of Silence"
     assert tidy_title("Takeoff (rapper)") == "Takeoff (rapper)"

@@ -56,6 +56,12 @@ MODEL_META = [
     # the requests benchmark (issue 19): the request's instructions echoed
     ("In your response, please use all caps.", "reader_task"),
     ("Your response should be formatted as follows.", "reader_task"),
+    # the grounded benchmark's plain reports (issue 18)
+    ("This is just one example.", "chat_filler"),
+    ("Here goes...", "chat_filler"),
+    ("Remember to make sure it has no less than 10 sentences - keep them short, easy to read and complete.",
+     "reader_task"),
+    ("Here is an example of how to edit this text using your personal editing style.", "editor_talk"),
 ]
 
 # Sentences about the subject, some using "section", "article", "part", "point" about it.
@@ -73,6 +79,8 @@ SUBJECT = [
     "Bees will explore the meadow for nectar.",
     "He wrote an article for the Times in 1990 that discusses the strike.",
     "In this region, summers are hot.",
+    "This is just one example of the city's resilience.",
+    "The court handed down at least 3 sentences of ten years.",
     "Certainly, the war changed everything.",
     "The text of the treaty was published in May.",
     "Dr. Smith opened the clinic in 1950.",
