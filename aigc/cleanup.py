@@ -70,11 +70,13 @@ def split_sentences(text: str) -> list[str]:
 
 
 def trim_to_sentence(text: str) -> str:
-    """Cut an unfinished last sentence (text stopped by the token limit)."""
+    """Cut an unfinished last sentence (text stopped by the token limit); text with no sentence end at all (a run of
+    clauses: "Benefits of green spaces; Futures ahead;") ends with a full stop instead of its comma or semicolon."""
     text = text.rstrip()
     matches = list(_SENTENCE_END.finditer(text))
     if not matches:
-        return text
+        text = re.sub(r"[\s;:,，、；：–—-]+$", "", text)
+        return text + ("。" if _CJK.search(text[-1:]) else ".") if text else text
     return text[: matches[-1].end()].rstrip()
 
 

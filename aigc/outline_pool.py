@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from aigc.outline_parse import clean_title, parse_outline
+from aigc.outline_titles import title_form, unusable_reason
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -40,9 +41,6 @@ REDUNDANCY_FLOOR = 0.35
 OFF_TOPIC = 0.30
 #: A title below this form score is not used at all (prompt echo, chatter, sentences about the outline).
 MIN_FORM = 0.35
-#: Title words beyond which a title is too long to use.
-MAX_WORDS = 14
-
 #: Default order cues: a title matching one goes first (in this order) ...
 FIRST_CUES = ("overview", "introduction", "what is", "what are", "what it is", "definition", "basics",
               "background", "history", "origins", "origin", "early life")
@@ -50,25 +48,12 @@ FIRST_CUES = ("overview", "introduction", "what is", "what are", "what it is", "
 LAST_CUES = ("reception", "reactions", "response", "aftermath", "impact", "legacy", "future", "outlook",
              "next steps", "summary", "conclusion", "conclusions", "final thoughts")
 
-#: Titles that say nothing about the subject: used only when better ones run out.
-GENERIC = frozenset({"introduction", "conclusion", "conclusions", "overview", "summary", "final thoughts",
-                     "closing thoughts", "wrap up", "wrapping up", "key takeaways", "takeaways", "the end",
-                     "in conclusion", "intro", "faq", "faqs", "misc", "miscellaneous", "other", "more", "details"})
 #: Words that, added to the topic's words, still only repeat the topic ("Tartus: An Overview").
 _TOPIC_FILLER = frozenset({"overview", "introduction", "intro", "guide", "basics", "explained", "understanding",
                            "about", "all", "complete", "brief", "short", "simple", "quick", "everything",
                            "know", "need", "you", "your", "topic", "subject", "article", "essay"})
 _STOP = frozenset("a an the of in on at to for and or by with from as is are was were be it its this that "
                   "these those how why what when where who which do does".split())
-
-_CHATTER = re.compile(
-    r"^(?:here(?:'s| is| are)|sure|certainly|okay|ok|of course|below|the following|i hope|i will|i'll|let me|let's"
-    r"|note|please|thank|as an ai|great|absolutely)\b", re.I)
-_META = re.compile(
-    r"\boutlines?\b|\bsection (?:titles?|headings?)\b|\b(?:this|the|an|our|your|my) (?:article|essay|blog post|post|piece)\b"
-    r"|\bword count\b|\bnumbered list\b|\b\d+\s+(?:sections|titles|headings)\b|\bsource documents?\b"
-    r"|^(?:write|create|generate|give|list|provide|make|draft)\b", re.I)
-_SENTENCE = re.compile(r"\b(?:is|are|was|were|will|would|can|could|should|has|have|had|you|we|i|they|it's|let's)\b", re.I)
 
 
 @dataclass
@@ -158,55 +143,6 @@ def _words(text: str) -> list[str]:
 
 def _key(title: str) -> str:
     return " ".join(_words(title))
-
-
-def unusable_reason(title: str) -> str | None:
-    """Why a (cleaned) title cannot be a section title at all, or None."""
-    words = title.split()
-    if not words or not any(c.isalpha() for c in title):
-        return "no words"
-    if len(words) > MAX_WORDS or len(title) > 100:
-        return "too long"
-    if _CHATTER.search(title):
-        return "chatter"
-    if _META.search(title):
-        return "about the outline or the writing, not the subject"
-    if title.count("(") > title.count(")") or title.count("[") > title.count("]"):
-        return "cut off (a bracket left open)"
-    if re.fullmatch(r"\[[^\]]*\]", title.strip()) or re.search(r"(?i)\[(?:add|insert|include|your|enter|title|name|"
-                                                               r"list|use|write)\b", title):
-        return "a placeholder in brackets"  # "[Add a postscript starting with P.S.]" (not "[Terrorist] report")
-    if re.search(r"(?i)\b\d+\s*(?:pages?|words?|paragraphs?|sentences?)\b", title):
-        return "a length, not a title"  # "[Length] - 5 pages", "Introduction (200 words)"
-    if re.fullmatch(r"(?i)\s*(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|other"
-                    r"|\d{1,2}(?:st|nd|rd|th)?)(?:\s+(?:part|section|chapter|point|paragraph|one|topic|heading))?"
-                    r"|\s*(?:part|section|chapter|point|topic|heading)\s+(?:\d{1,2}|one|two|three|four|five|six|seven|eight"
-                    r"|nine|ten)\s*", title):
-        return "a place in the outline, not a title"  # "The second part", "The fourth", "Section 3"
-    return None
-
-
-def title_form(title: str) -> float:
-    """How well-formed a title is, 0..1: 2-10 words, not a sentence, no trailing chatter, not generic."""
-    if unusable_reason(title):
-        return 0.0
-    words = title.split()
-    score = 1.0
-    if len(words) == 1:
-        score -= 0.15  # "History" is a fine heading, a little less informative than "Early history"
-    elif len(words) > 10:
-        score -= 0.4
-    if title.rstrip().endswith((".", "!", ";", ",")) or (len(words) > 6 and _SENTENCE.search(title)):
-        score -= 0.4  # a sentence, not a heading
-    if ":" in title and len(title.partition(":")[2].split()) > 5:
-        score -= 0.2  # "Title: a description of it"
-    if re.search(r"\(.*\)|\.\.\.|…|\betc\b", title):
-        score -= 0.15
-    if title.isupper() and len(title) > 4:
-        score -= 0.1
-    if re.sub(r"[^a-z ]", "", title.lower()).strip() in GENERIC:
-        score -= 0.4
-    return max(0.0, min(1.0, score))
 
 
 def repeats_topic(title: str, topic: str) -> bool:

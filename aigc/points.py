@@ -35,7 +35,7 @@ def point_titles(brief: str | None) -> list[str]:
     logged"): the point up to its first comma or clause, at most 8 words; points that make no usable title
     are left out (their words still reach every prompt through the brief)."""
     from aigc.outline_parse import clean_title
-    from aigc.outline_pool import unusable_reason
+    from aigc.outline_titles import unusable_reason
 
     titles: list[str] = []
     for point in brief_points(brief):

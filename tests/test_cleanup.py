@@ -59,6 +59,14 @@ def test_a_broken_start_of_one_function_word_is_dropped():
                                               "money. The end is near.")
 
 
+def test_a_section_without_a_sentence_end_ends_with_a_full_stop():
+    from aigc.cleanup import trim_to_sentence
+
+    text = "Benefits of green spaces – how they help; Challenges facing cities today; Futures ahead;"
+    assert clean_section(text, title="x") == text[:-1] + "."
+    assert trim_to_sentence("城市热岛效应，") == "城市热岛效应。" and trim_to_sentence("") == ""
+
+
 def test_text_cut_by_the_token_limit_ends_on_a_sentence():
     assert clean_section("One full sentence. Another one that was cut", title="t", truncated=True) == "One full sentence."
     assert trim_to_sentence('He said "yes." Then') == 'He said "yes."'
