@@ -256,6 +256,7 @@ def _citations_line(record: dict) -> str:
     rate = "n/a" if c.get("support_rate") is None else f"{c['support_rate']:.0%}"
     share = "n/a" if c.get("cited_share") is None else f"{c['cited_share']:.0%}"
     return (f"Citations: {c['supported']} of {c['markers']} supported ({rate}), {c.get('attributed', 0)} added by aigc, "
+            f"{c.get('retargeted', 0)} cited to another note, "
             f"{share} of sentences cited, "
             f"{c['markers_removed']} removed, {len(c['unsupported_claims'])} unsupported claims; "
             f"{len(record.get('references', ()))} references from {record['sources']['documents']} documents\n\n")

@@ -115,6 +115,12 @@ def test_sections_cite_their_passages_checked_and_listed(citing_backend, corpus,
     ev = record["evaluation"]
     assert ev["citation_support_rate"] == c["support_rate"] and ev["unsupported_claims"] >= 2
     assert ev["sections"] == 2  # the References are no section of the prose
+    assert ev["citations_retargeted"] == c["retargeted"]
+    from flows.article import _citations_line
+
+    line = _citations_line(record)  # the Prefect artifact's line
+    assert line.startswith(f"Citations: 2 of 6 supported (33%), {c['attributed']} added by aigc, "
+                           f"{c['retargeted']} cited to another note")
 
 
 @pytest.mark.parametrize("style, lang, asks", [("summary", "en", "square brackets"), ("email", "en", "square brackets"),
