@@ -21,6 +21,8 @@ _META_SENTENCE = re.compile(
     r"|(?:i'm|i am) ready\b|please (?:go ahead|let me know|provide)\b|let me know\b)",
     re.I,
 )
+#: A link into the document's own contents, copied by the model ("[Section Two](#section-two) Climate ...").
+_ANCHOR_LINK = re.compile(r"\[[^\]\n]{1,80}\]\(#[^)\s]*\)[ \t]*")
 #: A "sentence" that is one function word and a full stop ("... his case. The. In June ..."): a broken start.
 _FRAGMENT = re.compile(r"^\s*(?:the|a|an|and|but|or|of|to|in|on|at|for|with|this|that|these|it|as|by)\s*[.!?]\s*$",
                        re.I)
@@ -129,6 +131,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
             continue
         kept.append(_LIST_MARK.sub("", line) if _LIST_MARK.match(line) else line)
     joined = _PLACEHOLDER.sub("", "\n".join(kept))
+    joined = _ANCHOR_LINK.sub("", joined)
     joined = _drop_labels(joined, [title, *other_titles])
     joined = re.sub(r"[ \t]+(?=[.,;:!?](?:\s|$))", "", joined)  # "an officer [note: added] ." -> "an officer."
     joined = re.sub(r"\.{4,}", "...", joined)

@@ -53,6 +53,11 @@ def test_outline_titles_and_notes_as_labels_before_sentences_are_dropped():
         "The ratio: 3 to 1 is common. More here.")
 
 
+def test_a_link_into_the_contents_copied_by_the_model_is_removed():
+    text = "[Section Two](#section-two) Climate change is here. See [the report](https://example.org) too."
+    assert clean_section(text, title="x") == "Climate change is here. See [the report](https://example.org) too."
+
+
 def test_a_broken_start_of_one_function_word_is_dropped():
     text = "The court declined to hear his case. The. In June 2022, an MP asked for money. A. The end is near."
     assert clean_section(text, title="X") == ("The court declined to hear his case. In June 2022, an MP asked for "
