@@ -422,6 +422,8 @@ def check_citations(text: str, passages: Sequence[Passage], *, known: str = "",
         # "Moscow. [2]." (markers between two full stops) -> "Moscow [2]."; with [2] removed -> "Moscow."
         sentence = re.sub(r"([.!?])\s*((?:\[[\d,;\s–-]+\])*)\s*[.!?]\s*$",
                           lambda m: (" " + m.group(2) if m.group(2) else "") + m.group(1), sentence)
+        # "Moscow. [2]" (the marker after the full stop, the next sentence after it) -> "Moscow [2]."
+        sentence = re.sub(r"([.!?]+)[ \t]*((?:\[\d{1,4}\])+)[ \t]*$", r" \2\1", sentence)
         sentence = re.sub(r"[ \t]+(?=[.,;:!?])", "", sentence)  # "people [1]." -> "people ." -> "people."
         sentence = re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", sentence).rstrip()
         out.append(text[last:a])

@@ -139,6 +139,11 @@ def test_a_marker_after_the_full_stop_belongs_to_the_sentence_before_it(bag_embe
                        "Sourdough bread rises with wild yeast kept in a starter.")
     assert (report.sentences, report.markers, report.supported) == (2, 2, 1)
     assert report.removed[0]["sentence"].startswith("Sourdough")
+    text = ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people. [1] "
+            "Sourdough bread rises with wild yeast kept in a starter.")
+    cleaned, _ = check_citations(text, [BOMBING, ARREST, BREAD])
+    assert cleaned == ("A bomb exploded on Istiklal Avenue in Istanbul on 13 November 2022, killing 6 people [1]. "
+                       "Sourdough bread rises with wild yeast kept in a starter.")
 
 
 def test_attribution_cites_an_uncited_sentence_its_passage_clearly_supports(bag_embed):
