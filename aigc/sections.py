@@ -174,11 +174,11 @@ def _new_text(body: str, addition: str) -> str:
     for para in addition.split("\n\n"):
         fresh = []
         for s in split_sentences(para):
-            key = _norm(s)
-            if key not in seen and not near_duplicate(word_set(s), word_sets):
+            key, ws = _norm(s), word_set(s)
+            if key not in seen and not near_duplicate(ws, word_sets):
                 fresh.append(s)
                 seen.add(key)
-                word_sets.append(word_set(s))
+                word_sets.append(ws)
         if fresh:
             paragraphs.append(join_text(fresh))
     return "\n\n".join(paragraphs)
