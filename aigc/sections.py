@@ -54,9 +54,15 @@ def section_requests(
                 purpose="section",
                 # with passages, names and numbers are to be taken from the prompt, not steered away from
                 penalize_prompt=not (extra and extra[i].get("passages")),
+                citation_numbers=citation_numbers(extra[i] if extra else None),
             )
         )
     return requests
+
+
+def citation_numbers(extra: dict | None) -> tuple[int, ...]:
+    """The numbers of a section's passages (its notes), the only ones its citations may give; () without passages."""
+    return tuple(int(p["number"]) for p in (extra or {}).get("passages") or ())
 
 
 #: Seeds of a section's candidates are this far apart (candidate 0 keeps the article's seed).
@@ -162,7 +168,8 @@ def continuation_request(spec: ArticleSpec, titles: Sequence[str], i: int, body:
     return GenerationRequest(messages=rendered.messages, max_new_tokens=int(want * per * (1 + LENGTH_SLACK)) + 16,
                              temperature=spec.temperature, top_p=spec.top_p,
                              seed=spec.seed + STEP_SEED_OFFSET * step + i, purpose="section",
-                             penalize_prompt=not (extra and extra.get("passages")))
+                             penalize_prompt=not (extra and extra.get("passages")),
+                             citation_numbers=citation_numbers(extra))
 
 
 def _new_text(body: str, addition: str) -> str:

@@ -40,6 +40,9 @@ class GenerationRequest(BaseModel):
     #: Whether a local model's repetition penalty also weighs the prompt's tokens (transformers' way); False:
     #: only the reply's, so that the model may take names and numbers from passages in its prompt.
     penalize_prompt: bool = True
+    #: The note numbers a citation marker "[n]" may give (a grounded section's passages): a local model cannot
+    #: write any other number after "[" (see aigc.backends.local.markers); empty: no constraint. Never sent.
+    citation_numbers: tuple[int, ...] = ()
     #: What the request is for ("outline", "section", "title", ...): for logs, progress and test fakes; never sent.
     purpose: str = ""
 
