@@ -144,14 +144,21 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     return body.strip()  # each paragraph already starts with a capital (_balance_quotes)
 
 
+#: A place in the outline put before a sentence without a colon ("Section 1 The story of ..."), not "Section 230 of".
+_PLACE_LABEL = re.compile(r"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:section|part|chapter)[ \t]+\d{1,2}[ \t]+"
+                          r"(?=(?-i:[A-Z][a-z]+)\b(?<!\bOf))", re.I | re.M)
+
+
 def _drop_labels(text: str, titles: Sequence[str]) -> str:
     """Text without the labels a small model puts before its sentences: an outline title or "Note 1" and a colon
-    ("Overview: The city ... Climate and Tourism: Located on ..." -> "The city ... Located on ...")."""
+    ("Overview: The city ... Climate and Tourism: Located on ..." -> "The city ... Located on ..."), or a place in
+    the outline before a sentence ("Section 1 The story of ..." -> "The story of ...")."""
     names = sorted({t.strip() for t in titles if t and t.strip()}, key=len, reverse=True)
     label = "|".join([re.escape(t) for t in names] + [r"notes?(?:\s+\d{1,2})?"])
     pattern = re.compile(rf"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:{label})[ \t]*:[ \t]+(\S)",
                          re.I | re.M)
-    return pattern.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+    text = pattern.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+    return _PLACE_LABEL.sub(lambda m: m.group(1), text)
 
 
 def _capitalize(text: str) -> str:

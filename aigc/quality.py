@@ -38,10 +38,11 @@ _VERB = (
     rf"|(?:will|would|can|shall|is\s+going\s+to|has|have)\s+(?:also\s+|now\s+|briefly\s+)?(?:been\s+)?{_BASE}"
     r"|(?:has|have)\s+(?:shown|covered|discussed|explored|described|explained|highlighted|outlined))"
 )
-_ORDINAL = r"(?:first|second|third|fourth|fifth|next|following|previous|preceding|last|final|present|current|above|below|opening|closing)"
+_ORDINAL = (r"(?:first|second|third|fourth|fifth|next|following|previous|preceding|last|final|present|current|above|below"
+            r"|opening|closing|\d{1,2}(?:st|nd|rd|th))")
 #: A text naming itself: "this article", "the next section", "our post", "section 2" (1-20; "Section 230" is a law).
 _SELF = (
-    rf"(?:\b(?:this|these|our|my)\s+{_EDITED}{_DOC}s?"
+    rf"(?:\b(?:this|these|our|my)\s+{_EDITED}(?:{_DOC}|report)s?"
     rf"|\bthe\s+{_ORDINAL}\s+{_DOC}s?|\bthe\s+(?:rewritten|revised|edited)\s+{_DOC}"
     rf"|\bthe\s+(?:article|essay|post|paragraph|passage|write-?up)"
     rf"|(?:\bin\s*|\b)(?:section|part|chapter|paragraph)\s*(?:[1-9]|1[0-9]|20|one|two|three|four|five)\b)"
@@ -55,8 +56,10 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|^\s*(?:sure|certainly|okay|ok|of\s+course)\s*[,.:]?\s+(?:here|i\b|i'd|i’d|let\s+me)"
         r"|\b(?:i\s+)?hope\s+(?:this|that|it)\s+helps\b|\blet\s+me\s+know\b"
         r"|\bfeel\s+free\s+to\s+(?:ask|reach\s+out|contact|let\s+me|comment|share\s+your|leave\s+a)\b"
-        r"|\bhere(?:'|’)?s\s+(?:is\s+)?(?:the|your|a|an|my)\s+(?:revised\s+|rewritten\s+|updated\s+|new\s+|short\s+|brief\s+)?"
-        r"(?:paragraph|section|article|essay|text|summary|draft|version|outline|introduction|conclusion|post|piece)\b"
+        r"|\bhere(?:'|’)?s\s+(?:is\s+)?(?:the|your|a|an|my)\s+(?:revised\s+|rewritten\s+|updated\s+|new\s+|short\s+|brief\s+"
+        r"|complete\s+|full\s+|final\s+|edited\s+)?"
+        r"(?:paragraph|section|article|essay|text|summary|draft|version|outline|introduction|conclusion|post|piece|report"
+        r"|document)\b"
         r"|\bhere\s+is\s+(?:the|your|a|an|my)\s+(?:revised\s+|rewritten\s+|updated\s+|new\s+|short\s+|brief\s+)?"
         r"(?:paragraph|section|article|essay|text|summary|draft|version|outline|introduction|conclusion|post|piece)\b"
         r"|\bas\s+an\s+ai\b|\b(?:i\s+am|i'm|i’m)\s+(?:sorry|happy\s+to\s+help|glad\s+to\s+help)\b"
@@ -91,10 +94,11 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\b(?:we|i)\s+(?:will|shall|'ll|’ll|are\s+going\s+to|am\s+going\s+to|'re\s+going\s+to|’re\s+going\s+to|'m\s+going\s+to"
         r"|’m\s+going\s+to|want\s+to|would\s+like\s+to|aim\s+to|intend\s+to|hope\s+to)\s+(?:now\s+|also\s+|briefly\s+|first\s+)?"
         r"(?:explore|discuss|delve|dive|examine|look\s+at|take\s+a\s+(?:closer\s+)?look|focus|cover|talk\s+about|outline"
-        r"|describe|explain|highlight|share|show|walk|present|introduce|summari[sz]e|review|write|begin|start|conclude)\b"
+        r"|describe|explain|highlight|share|show|walk|present|introduce|summari[sz]e|review|write|begin|start|conclude|detail)\b"
         r"|\bwhat\s+i\s+was\s+going\s+to\s+say\b|\bi\s+was\s+(?:going|about)\s+to\s+(?:say|write|mention)\b"
         r"|\b(?:in|for)\s+(?:my|our)\s+(?:essay|article|post|blog|piece|paper|writing)\b"
-        r"|\b(?:i|we)\s+(?:have|'ve|’ve)\s+(?:written|discussed|explored|covered|outlined|described)\b"
+        r"|\b(?:i|we)\s*(?:have|'ve|’ve)\s+(?:written|discussed|explored|covered|outlined|described|prepared|compiled"
+        r"|drafted|put\s+together|been\s+(?:tasked|asked)\s+(?:with|to))\b"
         r"|\b(?:i|we)(?:'m|’m|\s+am|'re|’re|\s+are)\s+(?:so\s+)?(?:excited|thrilled|happy|delighted|glad|pleased)\s+to"
         r"\s+(?:share|present|write|introduce|discuss|explore|bring)\b|\bshare\s+(?:my|our)\s+thoughts\b"
         r"|\bone\s+of\s+my\s+(?:[\w-]+\s+){0,3}(?:articles|essays|posts|pieces|blog\s+posts)\b",
@@ -116,7 +120,7 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
     ("reader_task", re.compile(
         r"\bhere(?:'|’)?s\s+(?:is\s+)?your\s+(?:chance|opportunity|task)\b|\bhere\s+is\s+your\s+(?:chance|opportunity|task)\b"
         r"|\byour\s+(?:task|assignment|job|goal|challenge)\s+(?:is|will\s+be)\s+to\b|\bshowcase\s+(?:how|what|your)\b"
-        r"|\byou\s+(?:will|'ll|’ll|are\s+going\s+to)\s+(?:learn|discover|find\s+out|read|see\s+how)\b"
+        r"|\byou\s+(?:will|'ll|’ll|are\s+going\s+to)\s+(?:learn|discover|find\s+out|read|see\s+how|delve|dive|explore)\b"
         r"|\byou\s+see\s+(?:just|exactly)\s+what\b|\bas\s+you\s+read\b|\b(?:read|keep\s+reading)\s+on\b|\bstay\s+tuned\b|\bdear\s+readers?\b"
         r"|\bas\s+(?:a|the)\s+reader\b|\b(?:this|the\s+(?:above|following))\s+(?:prompt|instructions?)\b"
         r"|\bthe\s+(?:above|following)\s+task\b"
@@ -125,6 +129,15 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         # a length instruction echoed: "make sure it has no less than 10 sentences"
         r"|\b(?:has|have|contains?|write|use|keep)\s+(?:no\s+(?:less|more|fewer)\s+than|at\s+least|at\s+most)\s+\d+\s+"
         r"(?:sentences|paragraphs)\b",
+        re.I)),
+    # the text's own layout: "The first paragraph of the report explains", "In the 2nd paragraph, it details",
+    # "The report ... has a section 4 marked with ...", "The report is: ...", "is added after this paragraph"
+    ("text_layout", re.compile(
+        rf"\bthe\s+{_ORDINAL}\s+paragraph\b(?!\s+of\s+(?:article|section|clause|the\s+(?:constitution|treaty|act|law"
+        r"|convention|declaration|charter|agreement|resolution)))"
+        r"|\bhas\s+a\s+section\b|\bsection\s+\d{1,2}\s+(?:marked|titled|entitled|called|named|headed)\b"
+        r"|^\s*(?:the|this|my|our)\s+(?:report|article|essay|text)\s+(?:is|reads)\s*:"
+        r"|\b(?:after|before|below|above)\s+this\s+(?:paragraph|sentence|section)\b",
         re.I)),
     # with sources: "The source documents cover...", "The notes above say", "note [1] is the first one"
     ("about_the_sources", re.compile(

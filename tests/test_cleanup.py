@@ -53,6 +53,12 @@ def test_outline_titles_and_notes_as_labels_before_sentences_are_dropped():
         "The ratio: 3 to 1 is common. More here.")
 
 
+def test_a_place_in_the_outline_before_a_sentence_is_dropped():
+    text = "Section 1 The story of Darya is long. Part 2 Then it ended.\n\nSection 230 Of the act stands. Section 23 of it too."
+    assert clean_section(text, title="X") == ("The story of Darya is long. Then it ended.\n\nSection 230 Of the act "
+                                              "stands. Section 23 of it too.")
+
+
 def test_a_link_into_the_contents_copied_by_the_model_is_removed():
     text = "[Section Two](#section-two) Climate change is here. See [the report](https://example.org) too."
     assert clean_section(text, title="x") == "Climate change is here. See [the report](https://example.org) too."

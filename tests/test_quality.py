@@ -62,6 +62,20 @@ MODEL_META = [
     ("Remember to make sure it has no less than 10 sentences - keep them short, easy to read and complete.",
      "reader_task"),
     ("Here is an example of how to edit this text using your personal editing style.", "editor_talk"),
+    # the grounded benchmark's reports after the marker constraint (issue 18): the report's own layout
+    ('The report on Darya Aleksandrovna Dugina, Russia has a section 4 marked with "Investigation".', "text_layout"),
+    ("The report is: The Dugina Dugine family.", "text_layout"),
+    ("The first paragraph of the report explains that it's not known how the killing began.", "text_layout"),
+    ("In the 2nd paragraph, it details a story about the murder.", "in_this_part"),
+    ("A sentence with no punctuation is added after this paragraph so that it reads as a single sentence.",
+     "text_layout"),
+    ("This report focuses on several legal cases.", "text_does"),
+    ("I've prepared a comprehensive report on the Batbing Bear case that delves into the world.", "writer_voice"),
+    ('I\'ve been tasked with organizing and presenting my essay\'s section 2 titled "Impact on Business".',
+     "writer_voice"),
+    ("This part is where I will detail how deforestation affects businesses globally.", "writer_voice"),
+    ('In chapter three, you will delve into the concept of "The One-Last Lament".', "reader_task"),
+    ("Here's the complete document edited by you.", "chat_filler"),
 ]
 
 # Sentences about the subject, some using "section", "article", "part", "point" about it.
@@ -91,6 +105,12 @@ SUBJECT = [
     "Since then a good number of editors have and continue to oversee this task.",
     "Thank you for your response to my letter of 3 May.",
     "I look forward to your reply, and to meeting you in June.",
+    "The second paragraph of Article 5 protects free speech.",
+    "This report by the UN was published in 2020.",
+    "The report is due in June.",
+    "These documents reveal that the files were kept in a garage.",
+    "The 2nd battalion crossed the river.",
+    "Her report explains the causes of the flood.",
 ]
 
 
