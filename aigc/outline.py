@@ -70,7 +70,8 @@ def order_cues(spec: ArticleSpec, store: TemplateStore) -> tuple[list[str], list
 def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list[str], list[str]],
             source_headings: Sequence[str] = (), required: Sequence[str] = ()) -> dict[str, Any]:
     """Pool the candidates' titles and select; with sources, their headings join the pool as one more candidate
-    (the material's own sections compete with the model's titles, and win where the model proposes them too).
+    (the material's own sections compete with the model's titles, and gain ``WEIGHTS["material"]`` in the
+    selection: see :func:`aigc.outline_pool.select_titles`).
 
     ``required``: titles the outline must have (a brief's numbered points, in the brief's order); the pool
     fills the other places with titles unlike them, an opening one before them and a closing one after.
@@ -84,7 +85,8 @@ def _choose(spec: ArticleSpec, texts: Sequence[str], cues: tuple[list[str], list
         pool = op.without_like(pool, required, spec.topic)
     want = spec.sections - len(required)
     titles, scores = op.select_titles(pool, want, spec.topic, first_cues=cues[0] or None, last_cues=cues[1] or None,
-                                      n_candidates=len(texts)) if want > 0 and pool else ([], [])
+                                      n_candidates=len(texts), material=len(texts) - 1 if source_headings else None,
+                                      ) if want > 0 and pool else ([], [])
     record = op.selection_record(texts, pool, titles, scores, want)
     if required:
         first = [t for t, sc in zip(titles, scores) if sc.cue == "first"]

@@ -33,8 +33,10 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 MERGE_THRESHOLD = 0.72
 #: The title used for one that only repeats the topic ("Why Libraries Lend Tools" for "Why libraries lend tools").
 OVERVIEW_TITLE = "Overview"
-#: Weights of the selection score (see :func:`select_titles`); they sum to 1 before the redundancy penalty.
-WEIGHTS = {"relevance": 0.50, "support": 0.25, "form": 0.25, "cue": 0.10, "redundancy": 0.50, "off_topic": 0.20}
+#: Weights of the selection score (see :func:`select_titles`); they sum to 1 before the redundancy penalty (and
+#: the bonus of titles from the sources' headings, "material").
+WEIGHTS = {"relevance": 0.50, "support": 0.25, "form": 0.25, "cue": 0.10, "redundancy": 0.50, "off_topic": 0.20,
+           "material": 0.25}
 #: Cosine between two titles of one subject that is not yet redundancy (on-topic titles share the subject).
 REDUNDANCY_FLOOR = 0.35
 #: Below this relevance a title is off the subject (a drifted "How to Cook Chicken" scores 0.27 for a bombing).
@@ -363,7 +365,7 @@ def _relevance(pool: Sequence[Candidate], topic: str, embed: Embed) -> dict[int,
 
 def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed | None = None,
                   first_cues: Sequence[str] | None = None, last_cues: Sequence[str] | None = None,
-                  threshold: float = MERGE_THRESHOLD, n_candidates: int | None = None,
+                  threshold: float = MERGE_THRESHOLD, n_candidates: int | None = None, material: int | None = None,
                   ) -> tuple[list[str], list[TitleScore]]:
     """Choose up to ``n`` titles from a (merged) pool and put them in order; returns (titles, scores).
 
@@ -374,7 +376,12 @@ def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed
     asking for "summary" first), redundancy the highest cosine with a title already chosen, scaled from 0 at
     ``REDUNDANCY_FLOOR`` to 1 at ``threshold``, and off_topic 1 when relevance < ``OFF_TOPIC``. Titles with
     form below ``MIN_FORM`` or a cosine >= ``threshold`` with a chosen one are never taken. Fewer than
-    ``n`` titles come back when the pool runs out: ``n - len(titles)`` are missing.
+    ``n`` titles come back when the pool runs out: ``n - len(titles)`` are missing. ``material``: the index of
+    the candidate text that lists the sources' headings (a grounded article): the titles it proposes gain
+    ``WEIGHTS["material"]``, so that sections follow the documents where the model's own titles only restate the
+    topic (for Darya Dugina, "Daryda Alekseyova Dugineya" and "The story of Darye Alekseyakovda" had taken the
+    places of "International reaction" and "Russian reaction": a person's name is close to the topic, a heading
+    of her article less so).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, not {n}")
@@ -394,7 +401,7 @@ def select_titles(pool: Sequence[Candidate], n: int, topic: str, *, embed: Embed
         form = title_form(c.title)
         cue = 1.0 if own_cues and _cue(c.title, own_cues) is not None else 0.0
         quality = (w["relevance"] * rel + w["support"] * sup + w["form"] * form + w["cue"] * cue
-                   - w["off_topic"] * (rel < OFF_TOPIC))
+                   - w["off_topic"] * (rel < OFF_TOPIC) + w["material"] * (material in c.sources))
         base[id(c)] = (quality, rel, form)
 
     chosen: list[Candidate] = []

@@ -197,3 +197,20 @@ def test_real_embeddings_drop_the_drifted_title_and_merge_paraphrases():
     assert "How to Cook Chicken" not in titles
     assert titles[0].startswith("Background") and len(titles) == 5
     assert not ({"Background", "Background of the attack"} <= set(titles))  # merged: the words of one are in the other
+
+
+@pytest.mark.slow
+def test_the_sources_headings_take_the_places_of_titles_that_only_name_the_topic():
+    """The Darya Dugina report of the grounded benchmark: the model's candidates offered her name, misspelt, as
+    titles; its article's headings (the last candidate text) are what the sections should follow."""
+    embeddings = pytest.importorskip("aigc.embeddings")
+    topic = "Darya Dugina"
+    texts = ["1. Darya Aleksandrovna Dugina, Russia\n2. Daryda Alekseyova Dugineya\n3. Killing",
+             "1. The Dugina Dugine family\n2. The story of Darye Alekseyakovda\n3. Killing",
+             "1. Early life and education\n2. Investigation\n3. International reaction\n4. Russian reaction\n5. Killing"]
+    pool = merge_similar(pool_titles(texts, topic), embed=embeddings.embed, topic=topic)
+    plain, _ = select_titles(pool, 5, topic, embed=embeddings.embed, n_candidates=3)
+    grounded, _ = select_titles(pool, 5, topic, embed=embeddings.embed, n_candidates=3, material=2)
+    headings = {"Early life and education", "Investigation", "International reaction", "Russian reaction", "Killing"}
+    assert len(set(plain) & headings) < 4  # the names win without the sources' weight...
+    assert len(set(grounded) & headings) >= 4  # ...and the material with it
