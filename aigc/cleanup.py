@@ -35,12 +35,13 @@ _L = f"[^\\W{CJK_RANGES}]"
 #: Chinese, Japanese and Korean each character is one word (as LongBench-Write counts Chinese).
 WORD = re.compile(f"[{CJK_RANGES}]|{_L}(?:(?:{_L}|['’-])*{_L})?")
 _NORM_WORD = WORD  # for comparing lines, not for counting
-#: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]").
-#: "[Insert_Content]", "[Insert your opening paragraph]", "[note: note added]" (an instruction or note left in
-#: brackets; "[Your Name]" in a
-#: letter stays, for the writer to fill in), and the prompt's "<<<" / ">>>" delimiters echoed.
+#: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]", "[Insert_Content]",
+#: "[Insert your opening paragraph]"), an instruction or note left in brackets ("[note: note added]",
+#: "[Miscellaneous note: ...]"; "[Your Name]" in a letter stays, for the writer to fill in), and the prompt's
+#: "<<<" / ">>>" delimiters echoed.
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?"
                           r"|\[(?:insert|add|include|enter|write|put|fill\s+in|note|editor'?s\s+note)\b[^\]\n]{0,80}\]"
+                          r"|\[[A-Za-z' ]{0,30}\bnote\s*:[^\]\n]{0,300}\]"
                           r"\s*(?:\.{2,}\s*)?"
                           r"|<{3,}|>{3,}", re.I)
 
@@ -134,6 +135,7 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     joined = _ANCHOR_LINK.sub("", joined)
     joined = _drop_labels(joined, [title, *other_titles])
     joined = re.sub(r"[ \t]+(?=[.,;:!?](?:\s|$))", "", joined)  # "an officer [note: added] ." -> "an officer."
+    joined = re.sub(r"(?<=[.!?])[ \t]*,[ \t]+(?=[A-Z])", " ", joined)  # "... this event. , The report" -> ". The"
     joined = re.sub(r"\.{4,}", "...", joined)
     paragraphs = [join_text(p.split()) for p in re.split(r"\n\s*\n", joined)]
     paragraphs = [p for p in paragraphs if p]

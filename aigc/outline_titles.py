@@ -22,12 +22,15 @@ _CHATTER = re.compile(
 _META = re.compile(
     r"\boutlines?\b|\bsection (?:titles?|headings?)\b|\b(?:this|the|an|our|your|my) (?:article|essay|blog post|post|piece)\b"
     r"|\bword count\b|\bnumbered list\b|\b\d+\s+(?:sections|titles|headings)\b|\bsource documents?\b"
+    r"|^\s*(?:the|this|our|my)\s+report(?:(?:'s|’s)\b.*)?$|\bas follows\b"
     r"|^(?:write|create|generate|give|list|provide|make|draft)\b", re.I)
 _SENTENCE = re.compile(r"\b(?:is|are|was|were|will|would|can|could|should|has|have|had|you|we|i|they|it's|let's)\b", re.I)
 
-#: Titles that are no titles, (pattern, reason): "[Add a postscript starting with P.S.]" (not "[Terrorist] report"),
+#: Titles that are no titles, (pattern, reason): "[Add a postscript starting with P.S.]", "(Insert title here)" (not
+#: "[Terrorist] report"),
 #: "[Length] - 5 pages", "Introduction (200 words)", "The second part", "The fourth", "Section 3".
-_NOT_TITLES = [(re.compile(r"^\s*\[[^\]]*\]\s*$|\[(?:add|insert|include|your|enter|title|name|list|use|write)\b", re.I),
+_NOT_TITLES = [(re.compile(r"^\s*\[[^\]]*\]\s*$|^\s*\([^)]*\)\s*$"
+                           r"|[\[(](?:add|insert|include|your|enter|title|name|list|use|write)\b", re.I),
                 "a placeholder in brackets"),
                (re.compile(r"\b\d+\s*(?:pages?|words?|paragraphs?|sentences?)\b", re.I), "a length, not a title"),
                (re.compile(r"^\s*(?:(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|other"

@@ -44,7 +44,7 @@ _ORDINAL = (r"(?:first|second|third|fourth|fifth|next|following|previous|precedi
 _SELF = (
     rf"(?:\b(?:this|these|our|my)\s+{_EDITED}(?:{_DOC}|report)s?"
     rf"|\bthe\s+{_ORDINAL}\s+{_DOC}s?|\bthe\s+(?:rewritten|revised|edited)\s+{_DOC}"
-    rf"|\bthe\s+(?:article|essay|post|paragraph|passage|write-?up)"
+    rf"|\bthe\s+(?:article|essay|post|paragraph|passage|write-?up|report)"
     rf"|(?:\bin\s*|\b)(?:section|part|chapter|paragraph)\s*(?:[1-9]|1[0-9]|20|one|two|three|four|five)\b)"
 )
 
@@ -106,7 +106,9 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
     # "Your content is spot on with your opening sentence.", "Here's how you can refine it further", "passive voice"
     ("editor_talk", re.compile(
         r"\byour\s+(?:content|writing|paragraph|essay|draft|sentence|opening|original\s+(?:text|message|version|paragraph)"
-        r"|article|introduction|text|prompt|request)\b"
+        r"|article|introduction|text|prompt|request|report|(?:final\s+)?edit)\b"
+        r"|\bhere\s+is\s+(?:a|an)\s+(?:sample|example)\s+of\s+how\s+(?:you|to|i|we)\b"
+        r"|\b(?:grammar|spelling)\s+(?:consistency|errors?|mistakes?|checks?)\b"
         r"|\bhere(?:'|’)?s\s+how\s+(?:you|i|we)\s+(?:can|could|might)\s+(?:refine|improve|rewrite|revise|edit|polish)\b"
         r"|\bhere\s+is\s+how\s+(?:you|i|we)\s+(?:can|could|might)\s+(?:refine|improve|rewrite|revise|edit|polish)\b"
         r"|\b(?:refine|rewrite|revise|polish)\s+(?:it|this|the\s+(?:text|paragraph|sentence|draft))\b"
@@ -126,6 +128,10 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|\bthe\s+(?:above|following)\s+task\b"
         # the request's instructions echoed: "In your response, please use all caps." (not "your response" in a letter)
         r"|\bin\s+your\s+(?:response|answer|reply)\s*,|\byour\s+(?:response|answer)\s+should\b"
+        # the prompt's format instructions echoed: "You may not use bold formatting such as asterisks",
+        # "This includes headings and bullet points", "please provide one paragraph with the details"
+        r"|\byou\s+(?:may|must|should|can)\s*(?:not|n't)\s+use\b|\bbold\s+formatting\b"
+        r"|\bheadings\s+(?:and|or)\s+(?:bullet\s+points|lists)\b|\bplease\s+(?:provide|write|use|include)\b"
         # a length instruction echoed: "make sure it has no less than 10 sentences"
         r"|\b(?:has|have|contains?|write|use|keep)\s+(?:no\s+(?:less|more|fewer)\s+than|at\s+least|at\s+most)\s+\d+\s+"
         r"(?:sentences|paragraphs)\b",
@@ -137,13 +143,22 @@ META_RULES: list[tuple[str, re.Pattern[str]]] = [
         r"|convention|declaration|charter|agreement|resolution)))"
         r"|\bhas\s+a\s+section\b|\bsection\s+\d{1,2}\s+(?:marked|titled|entitled|called|named|headed)\b"
         r"|^\s*(?:the|this|my|our)\s+(?:report|article|essay|text)\s+(?:is|reads)\s*:"
-        r"|\b(?:after|before|below|above)\s+this\s+(?:paragraph|sentence|section)\b",
+        r"|\b(?:after|before|below|above)\s+this\s+(?:paragraph|sentence|section)\b"
+        # "The report has added one more paragraph to this section; no other sections have been written yet."
+        r"|\b(?:one\s+more|another|a\s+new|an\s+extra)\s+paragraph\s+(?:to|in|for)\b"
+        r"|\b(?:sections?|paragraphs?)\s+(?:have|has)\s+(?:not\s+)?(?:yet\s+)?been\s+(?:written|added)\b"
+        r"|\bthe\s+(?:first|last|next)\s+(?:two|three|four|few)\s+paragraphs\b|\bparagraphs?\s+should\s+be\b"
+        r"|\b(?:the|this)\s+report(?:'s|’s)\s+(?:summary|introduction|conclusion|opening|first\s+(?:part|section))\b"
+        r"|^\s*the\s+(?:section|report|article)\s+continues\b|\bcontinues\s+from\s+the\s+(?:previous|last|preceding)\b"
+        r"|\bthroughout\s+the\s+(?:entire\s+|whole\s+)?(?:report|article|essay|piece)\b",
         re.I)),
     # with sources: "The source documents cover...", "The notes above say", "note [1] is the first one"
     ("about_the_sources", re.compile(
         r"\bsource\s+(?:documents?|passages?|notes|texts?|materials?)\b"
         r"|\b(?:the|these|those)\s+(?:notes|passages)\s+(?:above|below|provided|given|say|says|mention|cover|describe"
-        r"|state|show|list|contain)\b|(?:^\s*|\bthe\s+)(?:note|notes|passage|passages)\s+\[\d+\]",
+        r"|state|show|list|contain)\b|(?:^\s*|\bthe\s+)(?:note|notes|passage|passages)\s+\[\d+\]"
+        r"|\bthe\s+(?:first|second|third|last|next|other)\s+(?:note|passage)\s+(?:provides|gives|says|states|mentions"
+        r"|describes|shows|explains|lists|contains|covers)\b",
         re.I)),
 ]
 

@@ -53,6 +53,14 @@ def test_outline_titles_and_notes_as_labels_before_sentences_are_dropped():
         "The ratio: 3 to 1 is common. More here.")
 
 
+def test_notes_left_in_brackets_and_a_stray_comma_are_removed():
+    text = ("Votes decided the top 16. [Note: First number is not present as it should be; instead, use an apostrophe "
+            "with no spaces.] It ended. [Miscellaneous note: Sending off the island was allowed.] It was held in "
+            "January. , The winner was crowned.")
+    assert clean_section(text, title="X") == ("Votes decided the top 16. It ended. It was held in January. The winner "
+                                              "was crowned.")
+
+
 def test_a_place_in_the_outline_before_a_sentence_is_dropped():
     text = "Section 1 The story of Darya is long. Part 2 Then it ended.\n\nSection 230 Of the act stands. Section 23 of it too."
     assert clean_section(text, title="X") == ("The story of Darya is long. Then it ended.\n\nSection 230 Of the act "

@@ -65,7 +65,7 @@ MODEL_META = [
     # the grounded benchmark's reports after the marker constraint (issue 18): the report's own layout
     ('The report on Darya Aleksandrovna Dugina, Russia has a section 4 marked with "Investigation".', "text_layout"),
     ("The report is: The Dugina Dugine family.", "text_layout"),
-    ("The first paragraph of the report explains that it's not known how the killing began.", "text_layout"),
+    ("The first paragraph of the report explains that it's not known how the killing began.", "text_does"),
     ("In the 2nd paragraph, it details a story about the murder.", "in_this_part"),
     ("A sentence with no punctuation is added after this paragraph so that it reads as a single sentence.",
      "text_layout"),
@@ -76,6 +76,24 @@ MODEL_META = [
     ("This part is where I will detail how deforestation affects businesses globally.", "writer_voice"),
     ('In chapter three, you will delve into the concept of "The One-Last Lament".', "reader_task"),
     ("Here's the complete document edited by you.", "chat_filler"),
+    ("The report has added one more paragraph to this section; no other sections have been written yet.",
+     "text_layout"),
+    ("For example, the first two paragraphs should be numbered.", "text_layout"),
+    ("The report's summary opens with a note about support for the 2022 edition.", "text_layout"),
+    ("You may not use bold formatting such as asteracing or enumerations unless it has been explicitly noted.",
+     "reader_task"),
+    ("This includes headings and bullet points for a single section.", "reader_task"),
+    ("If there are no other notes, please provide one paragraph with the details needed here.", "reader_task"),
+    ("The first note provides details about this edition and its predecessor.", "about_the_sources"),
+    ('The report will delve into the complex topic of "Illegal operation (euphemism)" [1].', "text_does"),
+    ("The report outlines the complex topic of illegal operation (euphemism).", "text_does"),
+    ("The section continues: [1] In the eight days of Elizabeth II's lying in state, a service was held.",
+     "text_layout"),
+    ('Here is a sample of how you can write the section "Participation and incidents" in detail.', "editor_talk"),
+    ("Section 3 of your report will explore what makes it so captivating.", "editor_talk"),
+    ("It seems there might be more areas needing improvement for better clarity as well as grammar consistency.",
+     "editor_talk"),
+    ("I will make sure to maintain this format throughout the entire report.", "text_layout"),
 ]
 
 # Sentences about the subject, some using "section", "article", "part", "point" about it.
@@ -111,6 +129,8 @@ SUBJECT = [
     "These documents reveal that the files were kept in a garage.",
     "The 2nd battalion crossed the river.",
     "Her report explains the causes of the flood.",
+    "The report, released by the UN in May, was widely read.",
+    "The report of the commission was published in 1990.",
 ]
 
 
