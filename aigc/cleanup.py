@@ -38,10 +38,11 @@ _NORM_WORD = WORD  # for comparing lines, not for counting
 #: Template placeholders a model copied ("[Section_title]", "[your_paragraphs_without-bold]", "[Insert_Content]",
 #: "[Insert your opening paragraph]"), an instruction or note left in brackets ("[note: note added]",
 #: "[Miscellaneous note: ...]"; "[Your Name]" in a letter stays, for the writer to fill in), and the prompt's
-#: "<<<" / ">>>" delimiters echoed.
+#: "<<<" / ">>>" delimiters echoed, with what they held ("<<Title: Storm Mocha>>").
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?"
                           r"|\[(?:insert|add|include|enter|write|put|fill\s+in|note|editor'?s\s+note)\b[^\]\n]{0,80}\]"
                           r"|\[[A-Za-z' ]{0,30}\bnote\s*:[^\]\n]{0,300}\]"
+                          r"|<<[^<>\n]{1,150}>>[ \t]*"
                           r"\s*(?:\.{2,}\s*)?"
                           r"|<{3,}|>{3,}", re.I)
 
@@ -157,8 +158,9 @@ def _drop_labels(text: str, titles: Sequence[str]) -> str:
     the outline before a sentence ("Section 1 The story of ..." -> "The story of ...")."""
     names = sorted({t.strip() for t in titles if t and t.strip()}, key=len, reverse=True)
     label = "|".join([re.escape(t) for t in names] + [r"notes?(?:\s+\d{1,2})?"])
-    pattern = re.compile(rf"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:{label})[ \t]*:[ \t]+(\S)",
+    pattern = re.compile(rf"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:\*\*)?(?:{label})[ \t]*:(?:\*\*)?[ \t]+(\S)",
                          re.I | re.M)
+    text = re.sub(r"(?m)^[ \t]+", "", text)  # a completion's first line starts with a space: " Overview: The city"
     text = pattern.sub(lambda m: m.group(1) + m.group(2).upper(), text)
     return _PLACE_LABEL.sub(lambda m: m.group(1), text)
 

@@ -28,7 +28,8 @@ _SENTENCE = re.compile(r"\b(?:is|are|was|were|will|would|can|could|should|has|ha
 
 #: Titles that are no titles, (pattern, reason): "[Add a postscript starting with P.S.]", "(Insert title here)" (not
 #: "[Terrorist] report"),
-#: "[Length] - 5 pages", "Introduction (200 words)", "The second part", "The fourth", "Section 3".
+#: "[Length] - 5 pages", "Introduction (200 words)", "The second part", "The fourth", "Section 3",
+#: "The details can be found here: https://...".
 _NOT_TITLES = [(re.compile(r"^\s*\[[^\]]*\]\s*$|^\s*\([^)]*\)\s*$"
                            r"|[\[(](?:add|insert|include|your|enter|title|name|list|use|write)\b", re.I),
                 "a placeholder in brackets"),
@@ -36,7 +37,8 @@ _NOT_TITLES = [(re.compile(r"^\s*\[[^\]]*\]\s*$|^\s*\([^)]*\)\s*$"
                (re.compile(r"^\s*(?:(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|other"
                            r"|\d{1,2}(?:st|nd|rd|th)?)(?:\s+(?:part|section|chapter|point|paragraph|one|topic|heading))?"
                            r"|(?:part|section|chapter|point|topic|heading)\s+(?:\d{1,2}|one|two|three|four|five|six|seven"
-                           r"|eight|nine|ten))\s*$", re.I), "a place in the outline, not a title")]
+                           r"|eight|nine|ten))\s*$", re.I), "a place in the outline, not a title"),
+               (re.compile(r"https?://|\bwww\.|\bcan\s+be\s+found\b", re.I), "a link or a pointer, not a title")]
 
 
 def unusable_reason(title: str) -> str | None:

@@ -61,6 +61,15 @@ def test_notes_left_in_brackets_and_a_stray_comma_are_removed():
                                               "was crowned.")
 
 
+def test_labels_after_a_completions_leading_space_or_in_bold_and_echoed_delimiters_are_dropped():
+    assert clean_section(" Early life and education: Williams was born in 1953 [1]. He moved.",
+                         title="Early life and education") == "Williams was born in 1953 [1]. He moved."
+    assert clean_section("**Personal life:** He married twice.", title="X", other_titles=["Personal life"]) == (
+        "He married twice.")
+    assert clean_section(" Section 2 In the early years he acted.", title="X") == "In the early years he acted."
+    assert clean_section("<<Title: Storm Mocha>> The storm formed in May.", title="X") == "The storm formed in May."
+
+
 def test_a_place_in_the_outline_before_a_sentence_is_dropped():
     text = "Section 1 The story of Darya is long. Part 2 Then it ended.\n\nSection 230 Of the act stands. Section 23 of it too."
     assert clean_section(text, title="X") == ("The story of Darya is long. Then it ended.\n\nSection 230 Of the act "

@@ -170,6 +170,7 @@ def test_title_form_and_tidying():
     assert unusable_reason("(Insert title here)") == "a placeholder in brackets"  # the grounded benchmark's reports
     assert unusable_reason("The report's summary is as follows") == "about the outline or the writing, not the subject"
     assert unusable_reason("Reception of the report") is None and unusable_reason("Bombing (2022)") is None
+    assert unusable_reason("The details can be found here: https://www.youtubecom/embed") == "a link or a pointer, not a title"
     assert unusable_reason("Tips for [Insert the name of the tool]") == "a placeholder in brackets"
     assert unusable_reason("[Length] - 5 pages") == unusable_reason("Introduction (200 words)") == "a length, not a title"
     assert unusable_reason("The 1,000 days of the siege") is None
