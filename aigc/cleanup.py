@@ -137,6 +137,9 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     joined = _drop_labels(joined, [title, *other_titles])
     joined = re.sub(r"[ \t]+(?=[.,;:!?](?:\s|$))", "", joined)  # "an officer [note: added] ." -> "an officer."
     joined = re.sub(r"(?<=[.!?])[ \t]*,[ \t]+(?=[A-Z])", " ", joined)  # "... this event. , The report" -> ". The"
+    # list numbers run into the prose: "... roads [3]. 2. The ruins ... possible. 4." -> "... roads [3]. The ruins ... possible."
+    joined = re.sub(r"(?<=[.!?])[ \t]+\d{1,2}\.[ \t]+(?=[A-Z\"“])", " ", joined)
+    joined = re.sub(r"(?<=[.!?])[ \t]+\d{1,2}\.[ \t]*$", "", joined, flags=re.M)
     joined = re.sub(r"\.{4,}", "...", joined)
     paragraphs = [join_text(p.split()) for p in re.split(r"\n\s*\n", joined)]
     paragraphs = [p for p in paragraphs if p]

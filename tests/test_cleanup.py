@@ -70,6 +70,13 @@ def test_labels_after_a_completions_leading_space_or_in_bold_and_echoed_delimite
     assert clean_section("<<Title: Storm Mocha>> The storm formed in May.", title="X") == "The storm formed in May."
 
 
+def test_list_numbers_run_into_the_prose_are_removed():
+    text = "Tartus has roads [3]. 2. The ruins of Tyre are in Lebanon. 3. The name comes from Greek. It is old. 4."
+    assert clean_section(text, title="X") == ("Tartus has roads [3]. The ruins of Tyre are in Lebanon. The name comes "
+                                              "from Greek. It is old.")
+    assert clean_section("The vote was 5 to 2. Then it ended.", title="X") == "The vote was 5 to 2. Then it ended."
+
+
 def test_a_place_in_the_outline_before_a_sentence_is_dropped():
     text = "Section 1 The story of Darya is long. Part 2 Then it ended.\n\nSection 230 Of the act stands. Section 23 of it too."
     assert clean_section(text, title="X") == ("The story of Darya is long. Then it ended.\n\nSection 230 Of the act "
