@@ -41,9 +41,9 @@ _NORM_WORD = WORD  # for comparing lines, not for counting
 #: "<<<" / ">>>" delimiters echoed, with what they held ("<<Title: Storm Mocha>>").
 _PLACEHOLDER = re.compile(r"\[[A-Za-z]+(?:[_-][A-Za-z]+)+\]\s*(?:\.{2,}\s*)?"
                           r"|\[(?:insert|add|include|enter|write|put|fill\s+in|note|editor'?s\s+note)\b[^\]\n]{0,80}\]"
+                          r"\s*(?:\.{2,}\s*)?"
                           r"|\[[A-Za-z' ]{0,30}\bnote\s*:[^\]\n]{0,300}\]"
                           r"|<<[^<>\n]{1,150}>>[ \t]*"
-                          r"\s*(?:\.{2,}\s*)?"
                           r"|<{3,}|>{3,}", re.I)
 
 
@@ -150,9 +150,11 @@ def clean_section(text: str, *, title: str, other_titles: Sequence[str] = (), tr
     return body.strip()  # each paragraph already starts with a capital (_balance_quotes)
 
 
+#: Where a label can stand (group 1, kept): a line's start or the space after a sentence end (and its closing quote).
+_LABEL_AT = r"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)"
 #: A place in the outline put before a sentence without a colon ("Section 1 The story of ..."), not "Section 230 of".
-_PLACE_LABEL = re.compile(r"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:section|part|chapter)[ \t]+\d{1,2}[ \t]+"
-                          r"(?=(?-i:[A-Z][a-z]+)\b(?<!\bOf))", re.I | re.M)
+_PLACE_LABEL = re.compile(_LABEL_AT + r"(?:section|part|chapter)[ \t]+\d{1,2}[ \t]+(?=(?-i:[A-Z][a-z]+)\b(?<!\bOf))",
+                          re.I | re.M)
 
 
 def _drop_labels(text: str, titles: Sequence[str]) -> str:
@@ -161,8 +163,7 @@ def _drop_labels(text: str, titles: Sequence[str]) -> str:
     the outline before a sentence ("Section 1 The story of ..." -> "The story of ...")."""
     names = sorted({t.strip() for t in titles if t and t.strip()}, key=len, reverse=True)
     label = "|".join([re.escape(t) for t in names] + [r"notes?(?:\s+\d{1,2})?"])
-    pattern = re.compile(rf"(^|(?<=[.!?])[ \t]+|(?<=[.!?][\"'”’)\]])[ \t]+)(?:\*\*)?(?:{label})[ \t]*:(?:\*\*)?[ \t]+(\S)",
-                         re.I | re.M)
+    pattern = re.compile(rf"{_LABEL_AT}(?:\*\*)?(?:{label})[ \t]*:(?:\*\*)?[ \t]+(\S)", re.I | re.M)
     text = re.sub(r"(?m)^[ \t]+", "", text)  # a completion's first line starts with a space: " Overview: The city"
     text = pattern.sub(lambda m: m.group(1) + m.group(2).upper(), text)
     return _PLACE_LABEL.sub(lambda m: m.group(1), text)

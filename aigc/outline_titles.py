@@ -26,10 +26,9 @@ _META = re.compile(
     r"|^(?:write|create|generate|give|list|provide|make|draft)\b", re.I)
 _SENTENCE = re.compile(r"\b(?:is|are|was|were|will|would|can|could|should|has|have|had|you|we|i|they|it's|let's)\b", re.I)
 
-#: Titles that are no titles, (pattern, reason): "[Add a postscript starting with P.S.]", "(Insert title here)" (not
-#: "[Terrorist] report"),
-#: "[Length] - 5 pages", "Introduction (200 words)", "The second part", "The fourth", "Section 3",
-#: "The details can be found here: https://...".
+#: Titles that are no titles, (pattern, reason): "[Add a postscript starting with P.S.]", "(Insert title here)"
+#: (not "[Terrorist] report"), "[Length] - 5 pages", "Introduction (200 words)", "The second part", "The fourth",
+#: "Section 3", "The details can be found here: https://...".
 _NOT_TITLES = [(re.compile(r"^\s*\[[^\]]*\]\s*$|^\s*\([^)]*\)\s*$"
                            r"|[\[(](?:add|insert|include|your|enter|title|name|list|use|write)\b", re.I),
                 "a placeholder in brackets"),

@@ -53,6 +53,10 @@ def test_outline_titles_and_notes_as_labels_before_sentences_are_dropped():
         "The ratio: 3 to 1 is common. More here.")
 
 
+def test_a_placeholder_takes_the_ellipsis_after_it_along():
+    assert clean_section("Bees fly. [Insert your opening paragraph] ... Then more.", title="X") == "Bees fly. Then more."
+
+
 def test_notes_left_in_brackets_and_a_stray_comma_are_removed():
     text = ("Votes decided the top 16. [Note: First number is not present as it should be; instead, use an apostrophe "
             "with no spaces.] It ended. [Miscellaneous note: Sending off the island was allowed.] It was held in "

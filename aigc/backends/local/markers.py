@@ -59,10 +59,10 @@ def marker_processor(vocab: MarkerVocab, numbers: Sequence[Sequence[int]]):
     from transformers import LogitsProcessor
 
     allowed = [frozenset(str(n) for n in row) for row in numbers]
+    rows = [k for k, a in enumerate(allowed) if a]  # the rows constrained, the same at every step
 
     class CitationNumbers(LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            rows = [k for k, a in enumerate(allowed) if a]
             tails = input_ids[rows, -TAIL_TOKENS:].tolist() if rows else []
             for k, tail in zip(rows, tails):
                 run = vocab.open_number(tail)
